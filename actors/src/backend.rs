@@ -1,0 +1,212 @@
+//! The child side of a process actor: an actix actor that owns the user's state and runs the
+//! handlers, fed by a thread that blocks on the parent's channel.
+//!
+//! Life of a child, after the runtime's bootstrap:
+//! 1. decode the initial state; install logging (name and pid on every line) and the panic hook;
+//! 2. start an actix system; run `pre_run`; answer `Ready` (or `StartFailed`, exit code 1);
+//! 3. handle frames in order until `Stop`, [`ProcessContext::stop`], or the parent's channel
+//!    closes; then run `post_run` and exit with status 0.
+
+use crate::actor::ProcessActor;
+use crate::context::{ContextShared, ProcessContext};
+use crate::dispatch::{install_panic_hook, panic_failure, Dispatch, Outcome};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, WrapFuture};
+use ensemble_runtime::__private::ipc_channel::ipc::IpcBytesReceiver;
+use ensemble_runtime::child::ChildBoot;
+use ensemble_runtime::wire::{self, Failure, ToChild, ToParent};
+use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Exit code of a child whose actor failed to start.
+pub const EXIT_START_FAILED: i32 = 1;
+
+/// Runs actor `A` in this (child) process until it stops; returns the exit code.
+///
+/// Referenced by the registry entry that `#[derive(ProcessActor)]` emits.
+pub fn run_child<A: ProcessActor>(boot: ChildBoot) -> i32 {
+    init_logging(boot.stderr_is_terminal);
+    let span = tracing::info_span!("actor", name = %boot.name, pid = std::process::id());
+    let _entered = span.enter();
+    install_panic_hook();
+    let state = match wire::decode_body::<A>(&boot.state) {
+        Ok(state) => state,
+        Err(e) => {
+            let what = format!("the initial state of {}", std::any::type_name::<A>());
+            boot.start_failed(&Failure::Decode { what, detail: e.to_string() });
+            return EXIT_START_FAILED;
+        }
+    };
+    let ChildBoot { name, from_parent, to_parent, .. } = boot;
+    let shared = Arc::new(ContextShared { name, to_parent: Mutex::new(to_parent), stop: AtomicBool::new(false) });
+    let system = actix_rt::System::new();
+    let started = system.block_on(start(state, shared, from_parent, span.clone()));
+    if !started {
+        return EXIT_START_FAILED;
+    }
+    match system.run() {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("the actix system failed: {e}");
+            EXIT_START_FAILED
+        }
+    }
+}
+
+async fn start<A: ProcessActor>(
+    mut state: A,
+    shared: Arc<ContextShared>,
+    from_parent: IpcBytesReceiver,
+    span: tracing::Span,
+) -> bool {
+    let mut ctx = ProcessContext::<A>::new(Arc::clone(&shared));
+    let failure = match std::panic::catch_unwind(AssertUnwindSafe(|| state.pre_run(&mut ctx))) {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(Failure::Error { message: format!("pre_run failed: {}", error_chain(&*e)) }),
+        Err(payload) => Some(panic_failure(payload)),
+    };
+    if let Some(failure) = failure {
+        let frame = wire::encode(&ToParent::StartFailed, &failure).expect("failures encode");
+        let _ = shared.send(&frame);
+        return false;
+    }
+    let ready = wire::encode(&ToParent::Ready, &()).expect("unit encodes");
+    if shared.send(&ready).is_err() {
+        return false;
+    }
+    let addr = Backend { state: Rc::new(RefCell::new(state)), ctx }.start();
+    let receiving = std::thread::Builder::new().name("ensemble-rx".into()).spawn(move || {
+        let _entered = span.enter();
+        while let Ok(frame) = from_parent.recv() {
+            addr.do_send(Incoming(frame));
+        }
+        tracing::debug!("the parent's channel closed");
+        addr.do_send(ParentGone);
+    });
+    receiving.is_ok()
+}
+
+struct Backend<A: ProcessActor> {
+    state: Rc<RefCell<A>>,
+    ctx: ProcessContext<A>,
+}
+
+impl<A: ProcessActor> Actor for Backend<A> {
+    type Context = actix::Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        let mut state = self.state.borrow_mut();
+        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| state.post_run(&mut self.ctx))) {
+            tracing::error!("post_run {}", panic_failure(payload));
+        }
+        actix::System::current().stop();
+    }
+}
+
+struct Incoming(Vec<u8>);
+
+impl actix::Message for Incoming {
+    type Result = ();
+}
+
+struct ParentGone;
+
+impl actix::Message for ParentGone {
+    type Result = ();
+}
+
+impl<A: ProcessActor> Handler<Incoming> for Backend<A> {
+    type Result = ();
+
+    fn handle(&mut self, Incoming(frame): Incoming, ctx: &mut Self::Context) {
+        let (header, body) = match wire::decode::<ToChild>(&frame) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::error!("dropping a frame that does not decode: {e}");
+                return;
+            }
+        };
+        let at = frame.len() - body.len();
+        match header {
+            ToChild::Call { id, tag } => self.dispatch(tag, frame, at, Some(id), ctx),
+            ToChild::Cast { tag } => self.dispatch(tag, frame, at, None, ctx),
+            ToChild::Stop => ctx.stop(),
+            ToChild::Start { .. } => tracing::error!("ignoring a second start frame"),
+        }
+    }
+}
+
+impl<A: ProcessActor> Handler<ParentGone> for Backend<A> {
+    type Result = ();
+
+    fn handle(&mut self, _: ParentGone, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl<A: ProcessActor> Backend<A> {
+    fn dispatch(&mut self, tag: u32, frame: Vec<u8>, at: usize, id: Option<u64>, ctx: &mut actix::Context<Self>) {
+        match A::HANDLERS.get(tag as usize) {
+            Some(Dispatch::Sync(entry)) => {
+                let outcome = entry(&mut self.state.borrow_mut(), &frame[at..], &mut self.ctx, id);
+                self.finish(id, outcome, ctx);
+            }
+            Some(Dispatch::Async(entry)) => {
+                let future = entry(Rc::clone(&self.state), frame, at, self.ctx.clone(), id);
+                ctx.wait(future.into_actor(self).map(move |outcome, act, ctx| act.finish(id, outcome, ctx)));
+            }
+            None => {
+                let detail = format!("{} has no handler with tag {tag}", A::KEY);
+                self.finish(id, Err(Failure::Decode { what: "message tag".into(), detail }), ctx);
+            }
+        }
+    }
+
+    fn finish(&mut self, id: Option<u64>, outcome: Outcome, ctx: &mut actix::Context<Self>) {
+        let frame = match (outcome, id) {
+            (Ok(Some(frame)), _) => Some(frame),
+            (Ok(None), _) => None,
+            (Err(failure), Some(id)) => wire::encode(&ToParent::Reply { id, ok: false }, &failure).ok(),
+            (Err(failure), None) => {
+                tracing::error!("a message sent with do_send failed: {failure}");
+                None
+            }
+        };
+        if let Some(frame) = frame {
+            if let Err(e) = self.ctx_shared().send(&frame) {
+                tracing::debug!("cannot reply, the parent is gone: {e}");
+                ctx.stop();
+            }
+        }
+        if self.ctx_shared().stop.load(Ordering::SeqCst) {
+            ctx.stop();
+        }
+    }
+
+    fn ctx_shared(&self) -> &ContextShared {
+        self.ctx.shared()
+    }
+}
+
+fn init_logging(ansi: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

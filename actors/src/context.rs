@@ -1,0 +1,89 @@
+//! What a handler can do besides replying: push events, stop its process, know its name.
+
+use crate::actor::ProcessActor;
+use ensemble_runtime::__private::ipc_channel::ipc::IpcBytesSender;
+use ensemble_runtime::wire::{self, ToParent};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The backend's handle on its process, passed to every handler and hook.
+///
+/// It is `Clone + Send`: an async handler or a thread the actor starts may keep a copy to push
+/// events later.
+pub struct ProcessContext<A: ProcessActor> {
+    shared: Arc<ContextShared>,
+    _actor: PhantomData<fn(A)>,
+}
+
+pub(crate) struct ContextShared {
+    pub(crate) name: String,
+    pub(crate) to_parent: Mutex<IpcBytesSender>,
+    pub(crate) stop: AtomicBool,
+}
+
+/// An event that could not be sent to the frontend.
+#[derive(Debug, thiserror::Error)]
+pub enum SendOutError {
+    /// The event's `Serialize` impl failed.
+    #[error("the event could not be encoded: {0}")]
+    Encode(String),
+    /// The parent has gone away.
+    #[error("the parent process is gone")]
+    ParentGone,
+}
+
+impl<A: ProcessActor> ProcessContext<A> {
+    pub(crate) fn new(shared: Arc<ContextShared>) -> Self {
+        ProcessContext { shared, _actor: PhantomData }
+    }
+
+    /// Pushes an event to the frontend, where it arrives on [`Remote::events`](crate::Remote::events)
+    /// (valkka's `send_out__`). Events keep their order, also relative to replies.
+    ///
+    /// # Errors
+    /// [`SendOutError`] when the event does not encode or the parent is gone.
+    pub fn send_out(&self, event: A::Event) -> Result<(), SendOutError> {
+        let frame = wire::encode(&ToParent::Event, &event).map_err(|e| SendOutError::Encode(e.to_string()))?;
+        self.shared.send(&frame).map_err(|_| SendOutError::ParentGone)
+    }
+
+    /// Stops the actor once the current message is handled: `post_run` runs and the process
+    /// exits with status 0. Calls sent after this one fail with the exit status.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The process name given at spawn.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub(crate) fn shared(&self) -> &ContextShared {
+        &self.shared
+    }
+
+    /// This process's pid.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+impl ContextShared {
+    pub(crate) fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        self.to_parent.lock().unwrap_or_else(|e| e.into_inner()).send(frame)
+    }
+}
+
+impl<A: ProcessActor> Clone for ProcessContext<A> {
+    fn clone(&self) -> Self {
+        ProcessContext { shared: Arc::clone(&self.shared), _actor: PhantomData }
+    }
+}
+
+impl<A: ProcessActor> fmt::Debug for ProcessContext<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessContext").field("name", &self.shared.name).finish()
+    }
+}

@@ -1,0 +1,123 @@
+//! From a frame to a handler call and back: the glue `#[derive(ProcessActor)]` points at.
+//!
+//! Each handled message gets one monomorphised entry function, in a table indexed by the
+//! message's tag. An entry decodes the body, calls the handler with panics caught, and encodes
+//! the reply frame, so the backend never names a user type.
+
+use crate::actor::{AsyncProcessHandler, ProcessActor, ProcessHandler};
+use crate::context::ProcessContext;
+use crate::message::RemoteMessage;
+use ensemble_runtime::wire::{self, Failure, ToParent};
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+use std::any::Any;
+use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+
+/// What an entry produces: the reply frame for a call, `None` for a cast, or why it failed.
+pub type Outcome = Result<Option<Vec<u8>>, Failure>;
+
+/// A synchronous handler entry: state, encoded message, context, call id (None for a cast).
+pub type SyncEntry<A> = fn(&mut A, &[u8], &mut ProcessContext<A>, Option<u64>) -> Outcome;
+
+/// An asynchronous handler entry: like [`SyncEntry`], owning what the future needs.
+pub type AsyncEntry<A> =
+    fn(Rc<RefCell<A>>, Vec<u8>, usize, ProcessContext<A>, Option<u64>) -> LocalBoxFuture<'static, Outcome>;
+
+/// One row of an actor's handler table.
+pub enum Dispatch<A: ProcessActor> {
+    /// A [`ProcessHandler`].
+    Sync(SyncEntry<A>),
+    /// An [`AsyncProcessHandler`].
+    Async(AsyncEntry<A>),
+}
+
+/// The entry for a [`ProcessHandler<M>`].
+///
+/// # Errors
+/// A [`Failure`] when the message does not decode or the handler panics.
+pub fn sync_entry<A, M>(state: &mut A, body: &[u8], ctx: &mut ProcessContext<A>, id: Option<u64>) -> Outcome
+where
+    A: ProcessHandler<M>,
+    M: RemoteMessage,
+{
+    let msg = decode::<M>(body)?;
+    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(msg, ctx))).map_err(panic_failure)?;
+    encode_reply::<M>(id, &reply)
+}
+
+/// The entry for an [`AsyncProcessHandler<M>`].
+pub fn async_entry<A, M>(
+    state: Rc<RefCell<A>>,
+    frame: Vec<u8>,
+    at: usize,
+    mut ctx: ProcessContext<A>,
+    id: Option<u64>,
+) -> LocalBoxFuture<'static, Outcome>
+where
+    A: AsyncProcessHandler<M>,
+    M: RemoteMessage,
+{
+    async move {
+        let msg = decode::<M>(&frame[at..])?;
+        drop(frame);
+        let handled = AssertUnwindSafe(async {
+            let mut state = state.borrow_mut();
+            state.handle(msg, &mut ctx).await
+        });
+        let reply = handled.catch_unwind().await.map_err(panic_failure)?;
+        encode_reply::<M>(id, &reply)
+    }
+    .boxed_local()
+}
+
+fn decode<M: RemoteMessage>(body: &[u8]) -> Result<M, Failure> {
+    wire::decode_body::<M>(body).map_err(|e| Failure::Decode {
+        what: std::any::type_name::<M>().to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn encode_reply<M: RemoteMessage>(id: Option<u64>, reply: &M::Result) -> Outcome {
+    let Some(id) = id else { return Ok(None) };
+    wire::encode(&ToParent::Reply { id, ok: true }, reply)
+        .map(Some)
+        .map_err(|e| Failure::Error { message: format!("the reply could not be encoded: {e}") })
+}
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
+/// Installs the panic hook that records each panic's message, location and backtrace, so that
+/// the failure sent to the caller carries them. Called once in every child.
+pub(crate) fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = payload_message(info.payload());
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!("panicked at {location}: {message}");
+        LAST_PANIC.with(|last| {
+            *last.borrow_mut() = Some((message, format!("panicked at {location}\n{backtrace}")));
+        });
+    }));
+}
+
+/// Turns a caught panic into the failure reported to the caller.
+pub(crate) fn panic_failure(payload: Box<dyn Any + Send>) -> Failure {
+    let recorded = LAST_PANIC.with(|last| last.borrow_mut().take());
+    let (message, backtrace) =
+        recorded.unwrap_or_else(|| (payload_message(payload.as_ref()), String::from("(no backtrace)")));
+    Failure::Panicked { message, backtrace }
+}
+
+fn payload_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        String::from("(a panic payload that is not a string)")
+    }
+}

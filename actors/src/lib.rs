@@ -1,0 +1,30 @@
+//! The actors of ensemble, on actix: a process actor's frontend ([`Remote`]) in the parent and
+//! its backend in the child.
+//!
+//! Users depend on the `ensemble` crate, which re-exports this one; see its docs for the whole
+//! picture.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod actor;
+mod backend;
+mod context;
+mod dispatch;
+mod error;
+mod message;
+mod remote;
+
+pub use actor::{AsyncProcessHandler, Handles, HookError, Hooks, ProcessActor, ProcessHandler};
+pub use context::{ProcessContext, SendOutError};
+pub use error::{CallError, EventError, StopError};
+pub use message::{NoEvents, RemoteMessage};
+pub use remote::{spawn, spawn_with, Call, Events, Remote, SpawnOptions};
+
+pub use backend::EXIT_START_FAILED;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::backend::run_child;
+    pub use crate::dispatch::{async_entry, sync_entry, AsyncEntry, Dispatch, Outcome, SyncEntry};
+}

@@ -1,0 +1,343 @@
+//! The frontend: spawning a process actor and the handle that calls it.
+
+use crate::actor::{Handles, ProcessActor};
+use crate::error::{CallError, EventError, StopError};
+use crate::message::RemoteMessage;
+use ensemble_runtime::{wire, Body, Connection, ExitInfo, PendingCall, SpawnConfig, SpawnError};
+use futures::channel::{mpsc, oneshot};
+use futures::Stream;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// How to start a process actor. Every field has a default; set the ones you need.
+///
+/// # Examples
+/// ```
+/// use ensemble::SpawnOptions;
+/// use std::time::Duration;
+/// let options = SpawnOptions::new().name("resizer-1").shutdown_timeout(Duration::from_secs(1));
+/// assert_eq!(options.name.as_deref(), Some("resizer-1"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct SpawnOptions {
+    /// The process name (`ps`, `top`, log lines). Default: the actor's type name.
+    pub name: Option<String>,
+    /// How long the child may take to start and connect. Default: 10 s.
+    pub handshake_timeout: Duration,
+    /// How long `pre_run` may take. Default: 60 s.
+    pub start_timeout: Duration,
+    /// How long a stopping actor may take (post_run included) before it is killed. Default: 5 s.
+    pub shutdown_timeout: Duration,
+    /// Pin the child to this CPU. Default: not pinned.
+    pub cpu: Option<usize>,
+    /// Extra environment variables for the child.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for SpawnOptions {
+    fn default() -> Self {
+        let process = SpawnConfig::default();
+        SpawnOptions {
+            name: None,
+            handshake_timeout: process.handshake_timeout,
+            start_timeout: process.start_timeout,
+            shutdown_timeout: Duration::from_secs(5),
+            cpu: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl SpawnOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the process name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the handshake timeout.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets the start (`pre_run`) timeout.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Sets the shutdown timeout.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Pins the child to one CPU.
+    pub fn cpu(mut self, cpu: usize) -> Self {
+        self.cpu = Some(cpu);
+        self
+    }
+
+    /// Adds an environment variable for the child.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    fn config<A: ProcessActor>(&self) -> SpawnConfig {
+        let default_name = A::KEY.rsplit("::").next().unwrap_or(A::KEY);
+        SpawnConfig {
+            name: self.name.clone().unwrap_or_else(|| default_name.to_owned()),
+            handshake_timeout: self.handshake_timeout,
+            start_timeout: self.start_timeout,
+            cpu: self.cpu,
+            env: self.env.clone(),
+        }
+    }
+}
+
+/// Starts `actor` in a new process with default options; resolves once its `pre_run` is done.
+///
+/// # Errors
+/// A [`SpawnError`] saying why the child did not start (it exited, timed out, is another build,
+/// its `pre_run` failed, ...). No process is left behind.
+///
+/// # Examples
+/// See [`ProcessActor`].
+pub async fn spawn<A: ProcessActor>(actor: A) -> Result<Remote<A>, SpawnError> {
+    spawn_with(actor, SpawnOptions::default()).await
+}
+
+/// Starts `actor` in a new process with `options`.
+///
+/// # Errors
+/// As [`spawn`].
+pub async fn spawn_with<A: ProcessActor>(actor: A, options: SpawnOptions) -> Result<Remote<A>, SpawnError> {
+    let state = wire::encode_body(&actor).map_err(|e| SpawnError::Encode(e.to_string()))?;
+    let config = options.config::<A>();
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("ensemble-spawn".into())
+        .spawn(move || {
+            let _ = tx.send(ensemble_runtime::spawn(A::KEY, &state, &config));
+        })
+        .map_err(SpawnError::Launch)?;
+    let spawned = rx.await.map_err(|_| SpawnError::Handshake("the spawning thread died".into()))??;
+    let connection = Connection::new(spawned, options.shutdown_timeout).map_err(SpawnError::Launch)?;
+    tracing::debug!(pid = connection.process().pid(), name = connection.process().name(), "spawned");
+    Ok(Remote { connection: Arc::new(connection), shutdown_timeout: options.shutdown_timeout, _actor: PhantomData })
+}
+
+/// The frontend of a process actor: calls become messages handled in the child.
+///
+/// `Clone + Send + Sync`; use it from actix actors, tokio tasks or threads alike. When the last
+/// clone is dropped, the child is asked to stop (its `post_run` runs) and is killed if it has not
+/// exited within its shutdown timeout.
+pub struct Remote<A: ProcessActor> {
+    connection: Arc<Connection>,
+    shutdown_timeout: Duration,
+    _actor: PhantomData<fn() -> A>,
+}
+
+impl<A: ProcessActor> Remote<A> {
+    /// Sends `msg` and returns a future of the reply. The message leaves at once, whether or
+    /// not the future is awaited; calls from many tasks are in flight together.
+    ///
+    /// # Errors
+    /// The future resolves to a [`CallError`]: the handler panicked, the process exited (at
+    /// once, never a hang), the deadline passed, or something did not decode.
+    pub fn send<M>(&self, msg: M) -> Call<M>
+    where
+        A: Handles<M>,
+        M: RemoteMessage,
+    {
+        let state = match self.connection.call(<A as Handles<M>>::TAG, &msg) {
+            Ok(pending) => CallState::Pending(pending),
+            Err(failure) => CallState::Failed(Some(failure.into())),
+        };
+        Call { state, timeout: None, sleep: None, _message: PhantomData }
+    }
+
+    /// Sends `msg` without waiting for the handler (fire-and-forget). A failure of the handler
+    /// is logged by the child.
+    ///
+    /// # Errors
+    /// [`CallError::Exited`] or [`CallError::Stopping`] when the actor is gone or stopping,
+    /// [`CallError::Encode`] when the message does not encode.
+    pub fn do_send<M>(&self, msg: M) -> Result<(), CallError>
+    where
+        A: Handles<M>,
+        M: RemoteMessage,
+    {
+        Ok(self.connection.cast(<A as Handles<M>>::TAG, &msg)?)
+    }
+
+    /// The events the backend pushes with [`ProcessContext::send_out`](crate::ProcessContext::send_out),
+    /// in order, from the start of the process. The stream ends when the process has exited.
+    /// There is one stream per actor: the first call gets it, later calls get `None`.
+    pub fn events(&self) -> Option<Events<A::Event>> {
+        let rx = self.connection.take_events()?;
+        Some(Events { rx, _event: PhantomData })
+    }
+
+    /// Stops the actor: messages sent before are handled, `post_run` runs, the process exits
+    /// with status 0 and is reaped. Past the shutdown timeout the process is killed.
+    ///
+    /// # Errors
+    /// [`StopError::Killed`] when it had to be killed, [`StopError::Exited`] when it had ended
+    /// already or exited with a non-zero status.
+    pub async fn stop(&self) -> Result<(), StopError> {
+        let exited = self.connection.exited();
+        if !self.connection.request_stop() {
+            return Err(StopError::Exited(exited.await));
+        }
+        let deadline = tokio::time::sleep(self.shutdown_timeout);
+        tokio::pin!(exited);
+        let exit = tokio::select! {
+            exit = &mut exited => exit,
+            () = deadline => {
+                self.connection.process().kill();
+                let exit = exited.await;
+                return Err(StopError::Killed { timeout: self.shutdown_timeout, exit });
+            }
+        };
+        if exit.success() {
+            Ok(())
+        } else {
+            Err(StopError::Exited(exit))
+        }
+    }
+
+    /// Resolves once the process has exited, however it ended.
+    pub async fn exited(&self) -> ExitInfo {
+        self.connection.exited().await
+    }
+
+    /// How the process ended, if it has.
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        self.connection.exit_info()
+    }
+
+    /// Kills the process with `SIGKILL` (no `post_run`). Returns false when it had exited.
+    pub fn kill(&self) -> bool {
+        self.connection.process().kill()
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.connection.process().pid()
+    }
+
+    /// The child's process name.
+    pub fn name(&self) -> &str {
+        self.connection.process().name()
+    }
+}
+
+impl<A: ProcessActor> Clone for Remote<A> {
+    fn clone(&self) -> Self {
+        Remote {
+            connection: Arc::clone(&self.connection),
+            shutdown_timeout: self.shutdown_timeout,
+            _actor: PhantomData,
+        }
+    }
+}
+
+impl<A: ProcessActor> fmt::Debug for Remote<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote").field("actor", &A::KEY).field("pid", &self.pid()).finish()
+    }
+}
+
+/// A call in flight: resolves to the reply of message `M`.
+///
+/// # Cancel safety
+/// Dropping it forgets the reply; the handler still runs in the child.
+#[must_use = "the message is sent already; await the Call to get its reply"]
+pub struct Call<M: RemoteMessage> {
+    state: CallState,
+    timeout: Option<Duration>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    _message: PhantomData<fn() -> M>,
+}
+
+enum CallState {
+    Pending(PendingCall),
+    Failed(Option<CallError>),
+}
+
+impl<M: RemoteMessage> Call<M> {
+    /// Fails the call with [`CallError::Timeout`] if no reply came within `deadline`, counted
+    /// from the first poll. Needs a tokio runtime with its timer (actix-rt has one).
+    pub fn timeout(mut self, deadline: Duration) -> Self {
+        self.timeout = Some(deadline);
+        self
+    }
+}
+
+impl<M: RemoteMessage> Future for Call<M> {
+    type Output = Result<M::Result, CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let pending = match &mut this.state {
+            CallState::Pending(pending) => pending,
+            CallState::Failed(error) => return Poll::Ready(Err(error.take().unwrap_or(CallError::Stopping))),
+        };
+        if let Poll::Ready(result) = Pin::new(pending).poll(cx) {
+            return Poll::Ready(result.map_err(CallError::from).and_then(|body| decode_reply::<M>(&body)));
+        }
+        if let Some(deadline) = this.timeout {
+            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
+            if sleep.as_mut().poll(cx).is_ready() {
+                this.state = CallState::Failed(None);
+                return Poll::Ready(Err(CallError::Timeout(deadline)));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+fn decode_reply<M: RemoteMessage>(body: &Body) -> Result<M::Result, CallError> {
+    wire::decode_body::<M::Result>(body.bytes()).map_err(|e| CallError::Decode {
+        what: format!("the reply to {}", std::any::type_name::<M>()),
+        detail: e.to_string(),
+    })
+}
+
+/// The events of one process actor, as a [`Stream`]. Ends when the process has exited.
+pub struct Events<E> {
+    rx: mpsc::UnboundedReceiver<Body>,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E: serde::de::DeserializeOwned> Stream for Events<E> {
+    type Item = Result<E, EventError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.rx).poll_next(cx).map(|body| {
+            body.map(|body| {
+                wire::decode_body::<E>(body.bytes())
+                    .map_err(|e| EventError { what: std::any::type_name::<E>(), detail: e.to_string() })
+            })
+        })
+    }
+}
+
+impl<E> fmt::Debug for Events<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}

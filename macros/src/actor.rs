@@ -1,0 +1,134 @@
+//! `#[derive(ProcessActor)]`.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Token};
+
+/// One entry of `handles(...)`.
+struct Handled {
+    is_async: bool,
+    message: syn::Type,
+}
+
+impl Parse for Handled {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let is_async = input.parse::<Option<Token![async]>>()?.is_some();
+        Ok(Handled { is_async, message: input.parse()? })
+    }
+}
+
+#[derive(Default)]
+struct Options {
+    handled: Vec<Handled>,
+    event: Option<syn::Type>,
+    hooks: bool,
+}
+
+pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            input.generics.span(),
+            "a process actor cannot be generic: the child finds its type by name, so use a concrete type \
+             (wrap a generic one in a newtype per instantiation)",
+        ));
+    }
+    let options = parse_options(input)?;
+    reject_duplicates(&options.handled)?;
+    let ident = &input.ident;
+    let event = options.event.as_ref().map_or_else(|| quote!(::ensemble::NoEvents), |t| quote!(#t));
+    let rows = options.handled.iter().map(|h| dispatch_row(ident, h));
+    let handles = options.handled.iter().enumerate().map(|(tag, h)| handles_impl(ident, tag, h));
+    let hooks = (!options.hooks).then(|| quote!(impl ::ensemble::Hooks for #ident {}));
+    let registry = format_ident!("__ENSEMBLE_ACTOR_{}", ident.to_string().to_uppercase());
+    Ok(quote! {
+        impl ::ensemble::ProcessActor for #ident {
+            type Event = #event;
+            const KEY: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident));
+            const HANDLERS: &'static [::ensemble::__private::Dispatch<Self>] = &[#(#rows),*];
+        }
+        #(#handles)*
+        #hooks
+        #[::ensemble::__private::linkme::distributed_slice(::ensemble::__private::ACTORS)]
+        #[linkme(crate = ::ensemble::__private::linkme)]
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        static #registry: ::ensemble::__private::ActorEntry = ::ensemble::__private::ActorEntry {
+            key: <#ident as ::ensemble::ProcessActor>::KEY,
+            run: ::ensemble::__private::run_child::<#ident>,
+        };
+    })
+}
+
+fn dispatch_row(actor: &syn::Ident, handled: &Handled) -> TokenStream {
+    let message = &handled.message;
+    let span = message.span();
+    if handled.is_async {
+        quote_spanned!(span=> ::ensemble::__private::Dispatch::Async(::ensemble::__private::async_entry::<#actor, #message>))
+    } else {
+        quote_spanned!(span=> ::ensemble::__private::Dispatch::Sync(::ensemble::__private::sync_entry::<#actor, #message>))
+    }
+}
+
+fn handles_impl(actor: &syn::Ident, tag: usize, handled: &Handled) -> TokenStream {
+    let message = &handled.message;
+    let tag = tag as u32;
+    quote_spanned! {message.span()=>
+        impl ::ensemble::Handles<#message> for #actor {
+            const TAG: u32 = #tag;
+        }
+    }
+}
+
+fn parse_options(input: &DeriveInput) -> syn::Result<Options> {
+    let mut options = Options::default();
+    let mut seen_handles = false;
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("actor")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("handles") {
+                if seen_handles {
+                    return Err(meta.error("`handles(...)` is given twice; list every message in one"));
+                }
+                seen_handles = true;
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let list = Punctuated::<Handled, Token![,]>::parse_terminated(&content)?;
+                options.handled.extend(list);
+                Ok(())
+            } else if meta.path.is_ident("event") {
+                options.event = Some(meta.value()?.parse()?);
+                Ok(())
+            } else if meta.path.is_ident("hooks") {
+                options.hooks = true;
+                Ok(())
+            } else {
+                Err(meta.error("unknown `actor` option; expected `handles(...)`, `event = Type` or `hooks`"))
+            }
+        })?;
+    }
+    Ok(options)
+}
+
+fn reject_duplicates(handled: &[Handled]) -> syn::Result<()> {
+    let mut seen: Vec<String> = Vec::new();
+    for h in handled {
+        let key = h.message.to_token_stream_string();
+        if seen.contains(&key) {
+            return Err(syn::Error::new(h.message.span(), format!("`{key}` is listed twice in `handles(...)`")));
+        }
+        seen.push(key);
+    }
+    Ok(())
+}
+
+trait TypeString {
+    fn to_token_stream_string(&self) -> String;
+}
+
+impl TypeString for syn::Type {
+    fn to_token_stream_string(&self) -> String {
+        quote!(#self).to_string().replace(' ', "")
+    }
+}

@@ -1,0 +1,236 @@
+//! A started child process: its pid, its stderr tail, and the one place where it is killed and
+//! reaped.
+//!
+//! Invariants:
+//! - The `Child` sits in a mutex together with its exit status. It is reaped (`try_wait`) and
+//!   signalled (`kill`) only under that mutex, and never signalled after it was reaped, so a
+//!   signal can never reach an unrelated process that reused the pid.
+//! - Every `ChildProcess` is reaped: [`ChildProcess::reap`] is called by whoever sees the child's
+//!   channel close, and `Drop` kills and reaps a child nobody reaped.
+
+use crate::stderr_tail::StderrTail;
+use crate::sys;
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How a child process ended, with what it last wrote to stderr.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// The child's pid.
+    pub pid: u32,
+    /// The status `waitpid` reported.
+    pub status: ExitStatus,
+    /// The last few kilobytes the child wrote to stderr (lossy UTF-8).
+    pub stderr_tail: String,
+}
+
+impl ExitInfo {
+    /// The exit code, when the process exited rather than being killed by a signal.
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// The signal that killed the process, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        self.status.signal()
+    }
+
+    /// Whether the process exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+}
+
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => write!(f, "process {} exited with code {code}", self.pid)?,
+            (None, Some(sig)) => {
+                write!(f, "process {} was killed by signal {sig} ({})", self.pid, signal_name(sig))?
+            }
+            _ => write!(f, "process {} ended: {}", self.pid, self.status)?,
+        }
+        let tail = self.stderr_tail.trim_end();
+        if !tail.is_empty() {
+            write!(f, "; its stderr ended with:\n{tail}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The conventional name of a signal number.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+static LIVE: Mutex<usize> = Mutex::new(0);
+static LIVE_CHANGED: Condvar = Condvar::new();
+
+/// How many children of this process have been started and not reaped yet.
+pub fn live_children() -> usize {
+    *LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Blocks until every child of this process was reaped, or `timeout` passes. Returns how many
+/// are still unreaped.
+///
+/// Handles that are dropped ask their child to stop in the background; call this before the
+/// program exits so that those children finish `post_run` instead of being killed with their
+/// parent.
+pub fn wait_for_children(timeout: Duration) -> usize {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let (live, _) = LIVE_CHANGED
+        .wait_timeout_while(live, timeout, |n| *n > 0)
+        .unwrap_or_else(|e| e.into_inner());
+    *live
+}
+
+fn count_live(delta: isize) {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    *live = live.saturating_add_signed(delta);
+    LIVE_CHANGED.notify_all();
+}
+
+/// A child process started by [`crate::spawn`], owned by the parent until it is reaped.
+pub struct ChildProcess {
+    pid: u32,
+    name: String,
+    state: Mutex<State>,
+    exited: Condvar,
+    stderr: StderrTail,
+}
+
+struct State {
+    child: Child,
+    exit: Option<ExitInfo>,
+}
+
+impl ChildProcess {
+    pub(crate) fn new(child: Child, name: String, stderr: StderrTail) -> ChildProcess {
+        count_live(1);
+        ChildProcess {
+            pid: child.id(),
+            name,
+            state: Mutex::new(State { child, exit: None }),
+            exited: Condvar::new(),
+            stderr,
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The name the child was given at spawn.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How the child ended, if it was reaped already.
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        self.lock().exit.clone()
+    }
+
+    /// The last bytes the child wrote to stderr so far.
+    pub fn stderr_tail(&self) -> String {
+        self.stderr.snapshot()
+    }
+
+    /// Sends `signal` to the child unless it was reaped already. Returns whether it was sent.
+    pub fn signal(&self, signal: sys::Signal) -> bool {
+        let state = self.lock();
+        state.exit.is_none() && sys::kill(self.pid, signal).is_ok()
+    }
+
+    /// Kills the child with `SIGKILL` unless it was reaped already.
+    pub fn kill(&self) -> bool {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// Waits until the child has exited and reaps it, killing it once `grace` has passed.
+    ///
+    /// Call this when the child's channel has closed: the child is exiting, so the wait is
+    /// short. Returns how it ended; every later call returns the same.
+    pub fn reap(&self, grace: Duration) -> ExitInfo {
+        let deadline = Instant::now() + grace;
+        let mut pause = Duration::from_micros(50);
+        let mut killed = false;
+        loop {
+            if let Some(info) = self.try_reap() {
+                return info;
+            }
+            if !killed && Instant::now() >= deadline {
+                killed = self.kill();
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    /// Reaps the child if it has exited. Never blocks.
+    pub fn try_reap(&self) -> Option<ExitInfo> {
+        let mut state = self.lock();
+        if let Some(info) = &state.exit {
+            return Some(info.clone());
+        }
+        let status = match state.child.try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) => return None,
+            // ECHILD: someone else reaped it (e.g. SIGCHLD set to SIG_IGN); report a kill.
+            Err(_) => ExitStatus::from_raw(libc::SIGKILL),
+        };
+        drop(state.child.stdin.take());
+        let info = ExitInfo { pid: self.pid, status, stderr_tail: self.stderr.finish() };
+        tracing::debug!(pid = self.pid, name = %self.name, "{info}");
+        state.exit = Some(info.clone());
+        self.exited.notify_all();
+        count_live(-1);
+        Some(info)
+    }
+
+    /// Blocks until the child was reaped by someone, or `timeout` passes.
+    pub fn wait_reaped(&self, timeout: Duration) -> Option<ExitInfo> {
+        let state = self.lock();
+        let (state, _) = self
+            .exited
+            .wait_timeout_while(state, timeout, |s| s.exit.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        state.exit.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if self.try_reap().is_none() {
+            self.kill();
+            self.reap(Duration::ZERO);
+        }
+    }
+}
+
+impl fmt::Debug for ChildProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildProcess").field("pid", &self.pid).field("name", &self.name).finish()
+    }
+}

@@ -1,0 +1,234 @@
+//! The wire format: frames exchanged between a parent and its child over ipc-channel.
+//!
+//! A frame is one ipc-channel byte message: a bincode-encoded header followed directly by a
+//! bincode-encoded body. Keeping the body outside the header lets the runtime route frames
+//! without knowing the user's types, and lets the typed layer encode a message straight into
+//! the frame buffer (one copy, no intermediate `Vec`).
+//!
+//! | header | body | direction |
+//! |---|---|---|
+//! | [`ToChild::Start`] | the actor's initial state | parent → child, first frame |
+//! | [`ToChild::Call`] | the message; a reply is expected | parent → child |
+//! | [`ToChild::Cast`] | the message; no reply | parent → child |
+//! | [`ToChild::Stop`] | empty | parent → child |
+//! | [`ToParent::Ready`] | empty | child → parent, once, after `pre_run` |
+//! | [`ToParent::StartFailed`] | a [`Failure`] | child → parent, instead of `Ready` |
+//! | [`ToParent::Reply`] | the reply value, or a [`Failure`] when `ok` is false | child → parent |
+//! | [`ToParent::Event`] | the event | child → parent |
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Header of a frame sent from the parent to the child.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToChild {
+    /// Run the actor registered under `actor`, with the process name `name`.
+    Start {
+        /// The registry key of the actor type.
+        actor: String,
+        /// The process name given at spawn.
+        name: String,
+    },
+    /// Handle a message and reply with the same `id`.
+    Call {
+        /// Matches the reply to its caller.
+        id: u64,
+        /// Which of the actor's handlers receives the body.
+        tag: u32,
+    },
+    /// Handle a message; no reply.
+    Cast {
+        /// Which of the actor's handlers receives the body.
+        tag: u32,
+    },
+    /// Run `post_run` and exit with status 0.
+    Stop,
+}
+
+/// Header of a frame sent from the child to the parent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToParent {
+    /// The actor's `pre_run` succeeded; calls may flow.
+    Ready,
+    /// The actor could not start; the body is a [`Failure`].
+    StartFailed,
+    /// The answer to the call `id`: the reply value when `ok`, else a [`Failure`].
+    Reply {
+        /// The id of the call answered.
+        id: u64,
+        /// Whether the body is the reply value (`true`) or a [`Failure`] (`false`).
+        ok: bool,
+    },
+    /// An event pushed by the backend.
+    Event,
+}
+
+/// Why a handler or hook in the child did not produce a value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Failure {
+    /// The code panicked.
+    Panicked {
+        /// The panic payload, when it was a string.
+        message: String,
+        /// Where it panicked: the panic location and the backtrace captured in the child.
+        backtrace: String,
+    },
+    /// The child could not decode what it was sent.
+    Decode {
+        /// What was being decoded.
+        what: String,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// A hook returned an error.
+    Error {
+        /// The error's Display, with its sources.
+        message: String,
+    },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Panicked { message, .. } => write!(f, "panicked: {message}"),
+            Failure::Decode { what, detail } => write!(f, "could not decode {what}: {detail}"),
+            Failure::Error { message } => f.write_str(message),
+        }
+    }
+}
+
+/// A frame or body that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(#[from] bincode::Error);
+
+/// Encodes `header` followed by `body` into one frame.
+///
+/// # Errors
+/// When a value's `Serialize` impl fails (e.g. a map with non-string keys is fine, a custom impl
+/// that returns an error is not).
+///
+/// # Examples
+/// ```
+/// use ensemble_runtime::wire::{self, ToChild};
+/// let frame = wire::encode(&ToChild::Cast { tag: 3 }, &"hello")?;
+/// let (header, body) = wire::decode::<ToChild>(&frame)?;
+/// assert_eq!(header, ToChild::Cast { tag: 3 });
+/// assert_eq!(wire::decode_body::<String>(body)?, "hello");
+/// # Ok::<(), wire::WireError>(())
+/// ```
+pub fn encode<H: Serialize, B: Serialize + ?Sized>(header: &H, body: &B) -> Result<Vec<u8>, WireError> {
+    let mut frame = Vec::with_capacity(64);
+    bincode::serialize_into(&mut frame, header)?;
+    bincode::serialize_into(&mut frame, body)?;
+    Ok(frame)
+}
+
+/// Encodes `header` followed by a body that is encoded already (see [`encode_body`]).
+///
+/// # Errors
+/// When the header does not encode.
+pub fn encode_with_raw_body<H: Serialize>(header: &H, body: &[u8]) -> Result<Vec<u8>, WireError> {
+    let mut frame = Vec::with_capacity(64 + body.len());
+    bincode::serialize_into(&mut frame, header)?;
+    frame.extend_from_slice(body);
+    Ok(frame)
+}
+
+/// Encodes a value on its own, as the body of a `Start` frame is.
+///
+/// # Errors
+/// When the value's `Serialize` impl fails.
+pub fn encode_body<B: Serialize + ?Sized>(body: &B) -> Result<Vec<u8>, WireError> {
+    Ok(bincode::serialize(body)?)
+}
+
+/// Splits a frame into its decoded header and the still-encoded body.
+///
+/// # Errors
+/// When the frame does not start with a valid header.
+pub fn decode<H: DeserializeOwned>(frame: &[u8]) -> Result<(H, &[u8]), WireError> {
+    let mut rest = frame;
+    let header = bincode::deserialize_from(&mut rest)?;
+    Ok((header, rest))
+}
+
+/// Decodes a body, requiring that it is consumed whole.
+///
+/// # Errors
+/// When the bytes are not a valid `T`, or hold more than one.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    let mut rest = body;
+    let value = bincode::deserialize_from(&mut rest)?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        let extra = rest.len();
+        Err(WireError(Box::new(bincode::ErrorKind::Custom(format!(
+            "{extra} unexpected bytes after the value"
+        )))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip<H, B>(header: H, body: B)
+    where
+        H: Serialize + DeserializeOwned + PartialEq + fmt::Debug,
+        B: Serialize + DeserializeOwned + PartialEq + fmt::Debug,
+    {
+        let frame = encode(&header, &body).unwrap();
+        let (h, rest) = decode::<H>(&frame).unwrap();
+        assert_eq!(h, header);
+        assert_eq!(decode_body::<B>(rest).unwrap(), body);
+    }
+
+    #[test]
+    fn every_header_roundtrips_with_its_body() {
+        roundtrip(ToChild::Start { actor: "a::B".into(), name: "b".into() }, vec![1u8, 2, 3]);
+        roundtrip(ToChild::Call { id: u64::MAX, tag: 7 }, (1u32, "x".to_string()));
+        roundtrip(ToChild::Cast { tag: 0 }, ());
+        roundtrip(ToChild::Stop, ());
+        roundtrip(ToParent::Ready, ());
+        roundtrip(ToParent::Reply { id: 9, ok: true }, 42u64);
+        roundtrip(
+            ToParent::Reply { id: 9, ok: false },
+            Failure::Panicked { message: "boom".into(), backtrace: "at x".into() },
+        );
+        roundtrip(ToParent::StartFailed, Failure::Error { message: "no".into() });
+        roundtrip(ToParent::Event, Some(1.5f64));
+    }
+
+    #[test]
+    fn a_raw_body_is_appended_as_is() {
+        let body = encode_body(&(7u16, "state")).unwrap();
+        let frame = encode_with_raw_body(&ToChild::Stop, &body).unwrap();
+        let (_, rest) = decode::<ToChild>(&frame).unwrap();
+        assert_eq!(decode_body::<(u16, String)>(rest).unwrap(), (7, "state".to_string()));
+    }
+
+    #[test]
+    fn a_truncated_frame_is_an_error_not_a_panic() {
+        let frame = encode(&ToChild::Call { id: 1, tag: 2 }, &12345u64).unwrap();
+        for cut in 0..frame.len() {
+            let bad = &frame[..cut];
+            let ok = decode::<ToChild>(bad).and_then(|(_, body)| decode_body::<u64>(body));
+            assert!(ok.is_err(), "cut at {cut} decoded");
+        }
+    }
+
+    #[test]
+    fn garbage_headers_are_rejected() {
+        assert!(decode::<ToChild>(&[0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode::<ToParent>(&[]).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_in_a_body_are_rejected() {
+        let err = decode_body::<u8>(&[1, 2]).unwrap_err();
+        assert!(err.to_string().contains("1 unexpected bytes"), "{err}");
+    }
+}

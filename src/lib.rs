@@ -1,0 +1,135 @@
+//! ensemble: actors that live in separate operating-system processes.
+//!
+//! A process actor is a serializable struct whose value is sent to a new child process, where
+//! it handles typed messages on actix, one at a time. The parent holds a [`Remote`] handle:
+//! [`Remote::send`] returns the typed reply, [`Remote::do_send`] fires and forgets,
+//! [`Remote::events`] streams what the child pushes back, [`Remote::stop`] ends it cleanly.
+//! This is valkka-multiprocess's `MessageProcess` (frontend methods, `c__` backend handlers,
+//! `send_out__`) with types, timeouts, crash reports and no leftover processes.
+//!
+//! ```
+//! use ensemble::prelude::*;
+//!
+//! #[derive(Serialize, Deserialize, ProcessActor)]
+//! #[actor(handles(Greet))]
+//! struct Greeter { greeting: String }
+//!
+//! #[derive(Serialize, Deserialize, RemoteMessage)]
+//! #[rtype(result = "String")]
+//! struct Greet(String);
+//!
+//! impl ProcessHandler<Greet> for Greeter {
+//!     fn handle(&mut self, Greet(who): Greet, ctx: &mut ProcessContext<Self>) -> String {
+//!         format!("{}, {who}, from process {}", self.greeting, ctx.pid())
+//!     }
+//! }
+//!
+//! #[ensemble::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let greeter = ensemble::spawn(Greeter { greeting: "hello".into() }).await?;
+//!     let text = greeter.send(Greet("world".into())).await?;
+//!     assert!(text.starts_with("hello, world, from process"));
+//!     assert_ne!(greeter.pid(), std::process::id());
+//!     greeter.stop().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # How a child starts
+//! [`spawn`] re-executes the current executable (never a bare `fork`). A constructor that runs
+//! before `main` recognises the re-executed process and turns it into the child, so children
+//! work in any binary, in `cargo test` integration tests and in examples. Call [`init`] (or use
+//! `#[ensemble::main]`) at the top of `main` anyway: it documents the fact, and it is what
+//! makes the child start on a platform where constructors do not run.
+//!
+//! # Guarantees
+//! - **Order.** Messages from one `Remote` (and its clones, from one thread) are handled in the
+//!   order they were sent; events arrive in the order they were sent, interleaved correctly
+//!   with replies.
+//! - **No hang.** When the child exits or is killed, every pending call fails at once with
+//!   [`CallError::Exited`] (exit code or signal, and the tail of the child's stderr), and every
+//!   later call fails the same way. Spawning fails within the handshake and start timeouts.
+//! - **Panics.** A handler that panics fails its call with [`CallError::Panicked`] (message and
+//!   the child's backtrace); the actor keeps running with its state as the panic left it.
+//!   A panic in a `do_send` handler is logged by the child.
+//! - **Nothing is retried.** A call is sent once; if the child dies, the call fails.
+//! - **No orphans, no zombies.** Every child is reaped by its parent. A child dies with its
+//!   parent (`PR_SET_PDEATHSIG`, checked against a parent that died first) and exits when its
+//!   parent's channel closes. Dropping the last `Remote` stops the child (post_run runs) and
+//!   kills it after its shutdown timeout.
+//! - **Builds.** The handshake checks the protocol version and the identity of the
+//!   executable; a child from another build is refused with [`SpawnError::BuildMismatch`].
+//!
+//! # Differences from actix
+//! - Messages and actors must be `Serialize + Deserialize`: they cross a process boundary.
+//! - The handler traits are [`ProcessHandler`] and [`AsyncProcessHandler`], and the messages an
+//!   actor handles are listed in `#[actor(handles(...))]`; the names differ from actix's so that
+//!   both preludes can be imported together.
+//! - [`Remote::send`] sends at once, not on first poll, and its future does not need an actix
+//!   system: any tokio runtime with a timer will do.
+//! - An actor's state lives in the child: the parent cannot borrow it, only message it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub use ensemble_actors::{
+    spawn, spawn_with, AsyncProcessHandler, Call, CallError, EventError, Events, Handles, HookError, Hooks,
+    NoEvents, ProcessActor, ProcessContext, ProcessHandler, Remote, RemoteMessage, SendOutError, SpawnOptions,
+    StopError,
+};
+pub use ensemble_macros::{main, ProcessActor, RemoteMessage};
+pub use ensemble_runtime::{ExitInfo, SpawnError};
+
+/// The substrate: processes, handshake, wire format (re-export of `ensemble-runtime`).
+pub use ensemble_runtime as runtime;
+
+/// The common path: `use ensemble::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        AsyncProcessHandler, CallError, Hooks, ProcessActor, ProcessContext, ProcessHandler, Remote,
+        RemoteMessage, SpawnError, SpawnOptions,
+    };
+    pub use futures_core::Stream;
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// Makes this process an ensemble child if it was started as one (and then never returns);
+/// returns at once otherwise. Call it first thing in `main`.
+///
+/// # Examples
+/// ```
+/// fn main() {
+///     ensemble::init();
+///     // ... the program
+/// }
+/// ```
+pub fn init() {
+    ensemble_runtime::child::run_if_child();
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use ensemble_actors::__private::*;
+    pub use ensemble_runtime::child::{ActorEntry, ACTORS};
+    pub use linkme;
+
+    use std::time::Duration;
+
+    /// How long `#[ensemble::main]` waits, after `main`, for dropped actors to stop.
+    const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// The body of an async `#[ensemble::main]`.
+    pub fn block_on_main<F: std::future::Future>(main: F) -> F::Output {
+        finish_main(|| actix_rt::System::new().block_on(main))
+    }
+
+    /// The body of a sync `#[ensemble::main]`.
+    pub fn finish_main<R>(main: impl FnOnce() -> R) -> R {
+        let output = main();
+        let left = ensemble_runtime::wait_for_children(FINISH_TIMEOUT);
+        if left > 0 {
+            tracing::warn!("{left} child processes did not stop within {FINISH_TIMEOUT:?}");
+        }
+        output
+    }
+}
