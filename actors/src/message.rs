@@ -28,3 +28,14 @@ pub trait RemoteMessage: Serialize + DeserializeOwned + Send + 'static {
 /// The event type of an actor that sends no events: it has no values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NoEvents {}
+
+/// A message no value of which exists. The derive implements `Handles<NotAMessage>` for every
+/// actor so that rustc never infers a message type from a lone `Handles` impl; it can never be
+/// sent.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum NotAMessage {}
+
+impl RemoteMessage for NotAMessage {
+    type Result = ();
+}

@@ -35,8 +35,9 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
              (wrap a generic one in a newtype per instantiation)",
         ));
     }
-    let options = parse_options(input)?;
-    reject_duplicates(&options.handled)?;
+    let mut options = parse_options(input)?;
+    // A duplicate is reported, and the rest still expands so that no cascade of errors follows.
+    let duplicates = reject_duplicates(&mut options.handled).err().map(syn::Error::into_compile_error);
     let ident = &input.ident;
     let event = options.event.as_ref().map_or_else(|| quote!(::ensemble::NoEvents), |t| quote!(#t));
     let rows = options.handled.iter().map(|h| dispatch_row(ident, h));
@@ -44,12 +45,18 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let hooks = (!options.hooks).then(|| quote!(impl ::ensemble::Hooks for #ident {}));
     let registry = format_ident!("__ENSEMBLE_ACTOR_{}", ident.to_string().to_uppercase());
     Ok(quote! {
+        #duplicates
         impl ::ensemble::ProcessActor for #ident {
             type Event = #event;
             const KEY: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident));
             const HANDLERS: &'static [::ensemble::__private::Dispatch<Self>] = &[#(#rows),*];
         }
         #(#handles)*
+        // A second impl keeps rustc from inferring the message type from a lone `Handles`
+        // impl, so that sending an unhandled message names the message in the error.
+        impl ::ensemble::Handles<::ensemble::__private::NotAMessage> for #ident {
+            const TAG: u32 = u32::MAX;
+        }
         #hooks
         #[::ensemble::__private::linkme::distributed_slice(::ensemble::__private::ACTORS)]
         #[linkme(crate = ::ensemble::__private::linkme)]
@@ -65,6 +72,9 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
 fn dispatch_row(actor: &syn::Ident, handled: &Handled) -> TokenStream {
     let message = &handled.message;
     let span = message.span();
+    // The actor's name with the message's span: an unimplemented handler is reported on the
+    // message in `handles(...)`, not on the struct.
+    let actor = syn::Ident::new(&actor.to_string(), span);
     if handled.is_async {
         quote_spanned!(span=> ::ensemble::__private::Dispatch::Async(::ensemble::__private::async_entry::<#actor, #message>))
     } else {
@@ -111,16 +121,24 @@ fn parse_options(input: &DeriveInput) -> syn::Result<Options> {
     Ok(options)
 }
 
-fn reject_duplicates(handled: &[Handled]) -> syn::Result<()> {
+/// Removes repeated messages from `handled`, and reports each repetition.
+fn reject_duplicates(handled: &mut Vec<Handled>) -> syn::Result<()> {
     let mut seen: Vec<String> = Vec::new();
-    for h in handled {
+    let mut errors: Option<syn::Error> = None;
+    handled.retain(|h| {
         let key = h.message.to_token_stream_string();
-        if seen.contains(&key) {
-            return Err(syn::Error::new(h.message.span(), format!("`{key}` is listed twice in `handles(...)`")));
+        if !seen.contains(&key) {
+            seen.push(key);
+            return true;
         }
-        seen.push(key);
-    }
-    Ok(())
+        let error = syn::Error::new(h.message.span(), format!("`{key}` is listed twice in `handles(...)`"));
+        match &mut errors {
+            Some(all) => all.combine(error),
+            None => errors = Some(error),
+        }
+        false
+    });
+    errors.map_or(Ok(()), Err)
 }
 
 trait TypeString {

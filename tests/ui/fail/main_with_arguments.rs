@@ -1,0 +1,2 @@
+#[ensemble::main]
+fn main(args: Vec<String>) {}

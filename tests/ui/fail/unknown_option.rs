@@ -1,0 +1,7 @@
+use ensemble::prelude::*;
+
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(handle(Ping))]
+struct Worker;
+
+fn main() {}
