@@ -1,1 +1,353 @@
-fn main(){}
+//! `cargo bench --bench compare [-- --quick]`: ensemble against raw ipc-channel, side by side.
+//!
+//! Each scenario measures ensemble and its baseline in the same run, interleaved batch by batch
+//! (A B A B ...), and reports medians and p99 over the batches. Latency scenarios run twice:
+//! both processes pinned to CPU 0 (`.same-cpu`) and parent on CPU 0, child on CPU 1
+//! (`.split-cpu`); the row without a suffix carries the worse ratio. See
+//! `../shared/BENCHMARKING.md` for why placement dominates these numbers.
+//!
+//! The baseline child is this same executable, re-executed with `COMPARE_ROLE` set: a
+//! hand-written ipc-channel server that blocks in `recv` and answers with `send`, i.e. the
+//! fastest way to use ipc-channel for request/reply.
+//!
+//! Writes the table to stdout and the rows to `target/ensemble-compare.json`.
+
+use ensemble::prelude::*;
+use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
+use std::process::{Child, Command};
+use std::time::Instant;
+
+// ---------------------------------------------------------------- the ensemble side
+
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(handles(Ping, Note))]
+struct Echo {
+    notes: u64,
+}
+
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u64")]
+struct Ping(u64);
+
+#[derive(Serialize, Deserialize, RemoteMessage)]
+struct Note(u64);
+
+impl ProcessHandler<Ping> for Echo {
+    fn handle(&mut self, Ping(n): Ping, _: &mut ProcessContext<Self>) -> u64 {
+        n + self.notes
+    }
+}
+
+impl ProcessHandler<Note> for Echo {
+    fn handle(&mut self, Note(_): Note, _: &mut ProcessContext<Self>) {
+        self.notes += 1;
+    }
+}
+
+// ---------------------------------------------------------------- the raw baseline
+
+#[derive(Serialize, Deserialize)]
+enum RawRequest {
+    Call(u64),
+    Cast(u64),
+    Stop,
+}
+
+type RawHello = (IpcSender<RawRequest>, IpcReceiver<u64>);
+
+const ROLE: &str = "COMPARE_ROLE";
+
+/// The raw child: connect, then answer calls until told to stop.
+fn raw_child(server: String) {
+    let (req_tx, req_rx) = ipc::channel::<RawRequest>().unwrap();
+    let (rep_tx, rep_rx) = ipc::channel::<u64>().unwrap();
+    IpcSender::<RawHello>::connect(server).unwrap().send((req_tx, rep_rx)).unwrap();
+    let mut notes = 0;
+    while let Ok(request) = req_rx.recv() {
+        match request {
+            RawRequest::Call(n) => rep_tx.send(n + notes).unwrap(),
+            RawRequest::Cast(_) => notes += 1,
+            RawRequest::Stop => break,
+        }
+    }
+}
+
+struct Raw {
+    child: Child,
+    tx: IpcSender<RawRequest>,
+    rx: IpcReceiver<u64>,
+}
+
+impl Raw {
+    fn start(cpu: usize) -> Raw {
+        let (server, name) = IpcOneShotServer::<RawHello>::new().unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .env(ROLE, format!("raw {name} {cpu}"))
+            .spawn()
+            .unwrap();
+        let (_, (tx, rx)) = server.accept().unwrap();
+        Raw { child, tx, rx }
+    }
+
+    fn call(&self, n: u64) -> u64 {
+        self.tx.send(RawRequest::Call(n)).unwrap();
+        self.rx.recv().unwrap()
+    }
+
+    fn stop(mut self) {
+        self.tx.send(RawRequest::Stop).unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+// ---------------------------------------------------------------- measuring
+
+struct Row {
+    scenario: String,
+    ensemble: Stats,
+    baseline: Stats,
+    target: f64,
+}
+
+#[derive(Clone, Copy)]
+struct Stats {
+    median: f64,
+    p99: f64,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.ensemble.median / self.baseline.median
+    }
+}
+
+fn stats(mut samples: Vec<f64>) -> Stats {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Stats { median: at(0.5), p99: at(0.99) }
+}
+
+/// Runs `a` and `b` alternately `reps` times; each returns ns per operation for one batch.
+fn interleave(reps: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (Stats, Stats) {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        // Alternate which side goes first so that neither always follows the other.
+        if rep % 2 == 0 {
+            xs.push(a());
+            ys.push(b());
+        } else {
+            ys.push(b());
+            xs.push(a());
+        }
+    }
+    (stats(xs), stats(ys))
+}
+
+fn per_op(start: Instant, ops: usize) -> f64 {
+    start.elapsed().as_nanos() as f64 / ops as f64
+}
+
+struct Plan {
+    reps: usize,
+    calls: usize,
+    casts: usize,
+    spawns: usize,
+}
+
+fn call_roundtrip(rt: &actix_rt::SystemRunner, plan: &Plan, placement: &str, child_cpu: usize) -> Row {
+    let options = SpawnOptions::new().name("bench-echo").cpu(child_cpu);
+    let echo = rt.block_on(ensemble::spawn_with(Echo { notes: 0 }, options)).unwrap();
+    let raw = Raw::start(child_cpu);
+    let warm = |n| {
+        for i in 0..n {
+            rt.block_on(echo.send(Ping(i))).unwrap();
+            raw.call(i);
+        }
+    };
+    warm(200);
+    let (ens, base) = interleave(
+        plan.reps,
+        || {
+            let start = Instant::now();
+            rt.block_on(async {
+                for i in 0..plan.calls as u64 {
+                    assert_eq!(echo.send(Ping(i)).await.unwrap(), i);
+                }
+            });
+            per_op(start, plan.calls)
+        },
+        || {
+            let start = Instant::now();
+            for i in 0..plan.calls as u64 {
+                assert_eq!(raw.call(i), i);
+            }
+            per_op(start, plan.calls)
+        },
+    );
+    rt.block_on(echo.stop()).unwrap();
+    raw.stop();
+    Row { scenario: format!("call_roundtrip.{placement}"), ensemble: ens, baseline: base, target: 1.3 }
+}
+
+fn oneway_throughput(rt: &actix_rt::SystemRunner, plan: &Plan, placement: &str, child_cpu: usize) -> Row {
+    let options = SpawnOptions::new().name("bench-echo").cpu(child_cpu);
+    let echo = rt.block_on(ensemble::spawn_with(Echo { notes: 0 }, options)).unwrap();
+    let raw = Raw::start(child_cpu);
+    let (mut sent_e, mut sent_r) = (0u64, 0u64);
+    let (ens, base) = interleave(
+        plan.reps,
+        || {
+            let start = Instant::now();
+            for i in 0..plan.casts as u64 {
+                echo.do_send(Note(i)).unwrap();
+            }
+            sent_e += plan.casts as u64;
+            // One call at the end: the batch counts only once every note was handled.
+            assert_eq!(rt.block_on(echo.send(Ping(0))).unwrap(), sent_e);
+            per_op(start, plan.casts)
+        },
+        || {
+            let start = Instant::now();
+            for i in 0..plan.casts as u64 {
+                raw.tx.send(RawRequest::Cast(i)).unwrap();
+            }
+            sent_r += plan.casts as u64;
+            assert_eq!(raw.call(0), sent_r);
+            per_op(start, plan.casts)
+        },
+    );
+    rt.block_on(echo.stop()).unwrap();
+    raw.stop();
+    Row { scenario: format!("oneway_throughput.{placement}"), ensemble: ens, baseline: base, target: 1.2 }
+}
+
+fn spawn_stop(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
+    let (ens, base) = interleave(
+        plan.reps,
+        || {
+            let start = Instant::now();
+            for _ in 0..plan.spawns {
+                rt.block_on(async {
+                    let echo = ensemble::spawn(Echo { notes: 0 }).await.unwrap();
+                    echo.send(Ping(1)).await.unwrap();
+                    echo.stop().await.unwrap();
+                });
+            }
+            per_op(start, plan.spawns)
+        },
+        || {
+            let start = Instant::now();
+            for _ in 0..plan.spawns {
+                let status =
+                    Command::new(std::env::current_exe().unwrap()).env(ROLE, "exit").status().unwrap();
+                assert!(status.success());
+            }
+            per_op(start, plan.spawns)
+        },
+    );
+    Row { scenario: "spawn_stop".into(), ensemble: ens, baseline: base, target: 3.0 }
+}
+
+/// Adds the row named after the scenario, carrying the worse of its two placements.
+fn worst_of(rows: &mut Vec<Row>, scenario: &str) {
+    let worst = rows
+        .iter()
+        .filter(|r| r.scenario.starts_with(&format!("{scenario}.")))
+        .max_by(|a, b| a.ratio().total_cmp(&b.ratio()))
+        .map(|r| Row { scenario: scenario.to_owned(), ..*r });
+    rows.extend(worst);
+}
+
+impl Clone for Row {
+    fn clone(&self) -> Self {
+        Row { scenario: self.scenario.clone(), ..*self }
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<30} {:>14} {:>14} {:>14} {:>14} {:>7} {:>7}  verdict",
+        "scenario", "ensemble ns", "(p99)", "baseline ns", "(p99)", "ratio", "target"
+    );
+    for r in rows {
+        let verdict = if r.ratio() <= r.target { "meets" } else { "MISSES" };
+        println!(
+            "{:<30} {:>14.0} {:>14.0} {:>14.0} {:>14.0} {:>7.2} {:>7.2}  {verdict}",
+            r.scenario,
+            r.ensemble.median,
+            r.ensemble.p99,
+            r.baseline.median,
+            r.baseline.p99,
+            r.ratio(),
+            r.target
+        );
+    }
+}
+
+fn write_json(rows: &[Row]) -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("ensemble-compare.json");
+    let items: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "  {{\"scenario\": \"{}\", \"ensemble_ns\": {:.1}, \"baseline_ns\": {:.1}, \"ratio\": {:.4}, \"target_ratio\": {}}}",
+                r.scenario,
+                r.ensemble.median,
+                r.baseline.median,
+                r.ratio(),
+                r.target
+            )
+        })
+        .collect();
+    std::fs::write(&path, format!("[\n{}\n]\n", items.join(",\n")))?;
+    Ok(path)
+}
+
+fn main() {
+    ensemble::init();
+    if let Ok(role) = std::env::var(ROLE) {
+        let mut words = role.split(' ');
+        match words.next() {
+            Some("raw") => {
+                let server = words.next().unwrap().to_owned();
+                let cpu: usize = words.next().unwrap().parse().unwrap();
+                ensemble::runtime::pin_to_cpu(cpu).unwrap();
+                raw_child(server);
+            }
+            Some("exit") => {}
+            _ => panic!("unknown role {role}"),
+        }
+        return;
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let plan = if quick {
+        Plan { reps: 15, calls: 1_000, casts: 5_000, spawns: 5 }
+    } else {
+        Plan { reps: 41, calls: 5_000, casts: 20_000, spawns: 20 }
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Pin the main thread (the actix system runs on it) before anything starts threads.
+    ensemble::runtime::pin_to_cpu(0).expect("pin the parent to CPU 0");
+    let rt = actix_rt::System::new();
+    let mut rows = Vec::new();
+    let mut placements = vec![("same-cpu", 0)];
+    if cpus > 1 {
+        placements.push(("split-cpu", 1));
+    }
+    for (placement, cpu) in &placements {
+        rows.push(call_roundtrip(&rt, &plan, placement, *cpu));
+        rows.push(oneway_throughput(&rt, &plan, placement, *cpu));
+    }
+    worst_of(&mut rows, "call_roundtrip");
+    worst_of(&mut rows, "oneway_throughput");
+    rows.push(spawn_stop(&rt, &plan));
+    print_table(&rows);
+    match write_json(&rows) {
+        Ok(path) => println!("\nwritten to {}", path.display()),
+        Err(e) => eprintln!("could not write the JSON report: {e}"),
+    }
+}

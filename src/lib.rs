@@ -74,8 +74,8 @@
 
 pub use ensemble_actors::{
     spawn, spawn_with, AsyncProcessHandler, Call, CallError, EventError, Events, Handles, HookError, Hooks,
-    NoEvents, ProcessActor, ProcessContext, ProcessHandler, Remote, RemoteMessage, SendOutError, SpawnOptions,
-    StopError,
+    NoEvents, ProcessActor, ProcessContext, ProcessHandler, Remote, RemoteMessage, SendOutError,
+    SpawnOptions, StopError,
 };
 pub use ensemble_macros::{main, ProcessActor, RemoteMessage};
 pub use ensemble_runtime::{ExitInfo, SpawnError};
@@ -98,10 +98,8 @@ pub mod prelude {
 ///
 /// # Examples
 /// ```
-/// fn main() {
-///     ensemble::init();
-///     // ... the program
-/// }
+/// ensemble::init(); // first thing in `main`
+/// assert!(!ensemble::runtime::child::is_child());
 /// ```
 pub fn init() {
     ensemble_runtime::child::run_if_child();

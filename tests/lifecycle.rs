@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Serialize, Deserialize, ProcessActor)]
-#[actor(handles(Ping, async SpawnGrandchild), hooks)]
+#[actor(handles(Ping, Quit, async SpawnGrandchild), hooks)]
 struct Hooked {
     /// post_run writes "post_run ran" here.
     marker: Option<PathBuf>,
@@ -50,6 +50,18 @@ struct Ping;
 impl ProcessHandler<Ping> for Hooked {
     fn handle(&mut self, _: Ping, ctx: &mut ProcessContext<Self>) -> u32 {
         ctx.pid()
+    }
+}
+
+/// Replies, then stops the actor from inside.
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "String")]
+struct Quit;
+
+impl ProcessHandler<Quit> for Hooked {
+    fn handle(&mut self, _: Quit, ctx: &mut ProcessContext<Self>) -> String {
+        ctx.stop();
+        "bye".into()
     }
 }
 
@@ -147,6 +159,20 @@ async fn dropping_the_last_handle_stops_the_child_cleanly() {
 }
 
 #[tokio::test]
+async fn a_handler_can_stop_its_own_process_and_later_calls_see_the_clean_exit() {
+    let marker = Marker::new("quit");
+    let actor = within(10, ensemble::spawn(Hooked::fine(Some(marker.0.clone())))).await.unwrap();
+    let quit = actor.send(Quit);
+    let after = actor.send(Ping);
+    assert_eq!(within(5, quit).await.unwrap(), "bye");
+    match within(5, after).await {
+        Err(CallError::Exited(exit)) => assert!(exit.success(), "{exit}"),
+        other => panic!("expected the clean exit, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&marker.0).unwrap(), "post_run ran");
+}
+
+#[tokio::test]
 async fn a_failing_pre_run_fails_the_spawn_with_its_error() {
     let actor = Hooked { marker: None, start: Start::Fail };
     match within(10, ensemble::spawn(actor)).await {
@@ -209,7 +235,8 @@ async fn a_child_of_another_build_is_refused() {
 
 #[tokio::test]
 async fn a_pinned_child_runs_on_its_cpu() {
-    let actor = within(10, ensemble::spawn_with(Hooked::fine(None), SpawnOptions::new().cpu(0))).await.unwrap();
+    let actor =
+        within(10, ensemble::spawn_with(Hooked::fine(None), SpawnOptions::new().cpu(0))).await.unwrap();
     let status = std::fs::read_to_string(format!("/proc/{}/status", actor.pid())).unwrap();
     let allowed = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
     assert_eq!(allowed.split_whitespace().nth(1), Some("0"));

@@ -15,6 +15,7 @@ use ensemble_runtime::__private::ipc_channel::ipc::IpcBytesReceiver;
 use ensemble_runtime::child::ChildBoot;
 use ensemble_runtime::wire::{self, Failure, ToChild, ToParent};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +41,8 @@ pub fn run_child<A: ProcessActor>(boot: ChildBoot) -> i32 {
         }
     };
     let ChildBoot { name, from_parent, to_parent, .. } = boot;
-    let shared = Arc::new(ContextShared { name, to_parent: Mutex::new(to_parent), stop: AtomicBool::new(false) });
+    let shared =
+        Arc::new(ContextShared { name, to_parent: Mutex::new(to_parent), stop: AtomicBool::new(false) });
     let system = actix_rt::System::new();
     let started = system.block_on(start(state, shared, from_parent, span.clone()));
     if !started {
@@ -76,11 +78,27 @@ async fn start<A: ProcessActor>(
     if shared.send(&ready).is_err() {
         return false;
     }
-    let addr = Backend { state: Rc::new(RefCell::new(state)), ctx }.start();
+    let addr = Backend {
+        state: Rc::new(RefCell::new(state)),
+        ctx,
+        backlog: VecDeque::new(),
+        busy: false,
+        stopping: false,
+    }
+    .start();
     let receiving = std::thread::Builder::new().name("ensemble-rx".into()).spawn(move || {
         let _entered = span.enter();
         while let Ok(frame) = from_parent.recv() {
-            addr.do_send(Incoming(frame));
+            // Hand over whatever else has arrived in one go: one wake-up of the arbiter per
+            // batch instead of one per frame.
+            let mut batch = vec![frame];
+            while batch.len() < MAX_BATCH {
+                match from_parent.try_recv() {
+                    Ok(frame) => batch.push(frame),
+                    Err(_) => break,
+                }
+            }
+            addr.do_send(Incoming(batch));
         }
         tracing::debug!("the parent's channel closed");
         addr.do_send(ParentGone);
@@ -88,16 +106,29 @@ async fn start<A: ProcessActor>(
     receiving.is_ok()
 }
 
+/// The most frames handed to the arbiter in one message.
+const MAX_BATCH: usize = 64;
+
 struct Backend<A: ProcessActor> {
     state: Rc<RefCell<A>>,
     ctx: ProcessContext<A>,
+    /// Frames received but not handled yet, in order.
+    backlog: VecDeque<Vec<u8>>,
+    /// An async handler is running: the backlog waits for it.
+    busy: bool,
+    /// A stop was asked for: the backlog is dropped, its callers see the exit.
+    stopping: bool,
 }
 
 impl<A: ProcessActor> Actor for Backend<A> {
     type Context = actix::Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        let mut state = self.state.borrow_mut();
+        let Ok(mut state) = self.state.try_borrow_mut() else {
+            tracing::error!("stopped while a handler still holds the state; post_run skipped");
+            actix::System::current().stop();
+            return;
+        };
         if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| state.post_run(&mut self.ctx))) {
             tracing::error!("post_run {}", panic_failure(payload));
         }
@@ -105,7 +136,8 @@ impl<A: ProcessActor> Actor for Backend<A> {
     }
 }
 
-struct Incoming(Vec<u8>);
+/// Frames from the parent, in the order they arrived.
+struct Incoming(Vec<Vec<u8>>);
 
 impl actix::Message for Incoming {
     type Result = ();
@@ -120,7 +152,30 @@ impl actix::Message for ParentGone {
 impl<A: ProcessActor> Handler<Incoming> for Backend<A> {
     type Result = ();
 
-    fn handle(&mut self, Incoming(frame): Incoming, ctx: &mut Self::Context) {
+    fn handle(&mut self, Incoming(frames): Incoming, ctx: &mut Self::Context) {
+        self.backlog.extend(frames);
+        self.drain(ctx);
+    }
+}
+
+impl<A: ProcessActor> Handler<ParentGone> for Backend<A> {
+    type Result = ();
+
+    fn handle(&mut self, _: ParentGone, ctx: &mut Self::Context) {
+        self.stop(ctx);
+    }
+}
+
+impl<A: ProcessActor> Backend<A> {
+    /// Handles the backlog in order, until it is empty or an async handler is running.
+    fn drain(&mut self, ctx: &mut actix::Context<Self>) {
+        while !self.busy && !self.stopping {
+            let Some(frame) = self.backlog.pop_front() else { return };
+            self.handle_frame(frame, ctx);
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Vec<u8>, ctx: &mut actix::Context<Self>) {
         let (header, body) = match wire::decode::<ToChild>(&frame) {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -132,22 +187,24 @@ impl<A: ProcessActor> Handler<Incoming> for Backend<A> {
         match header {
             ToChild::Call { id, tag } => self.dispatch(tag, frame, at, Some(id), ctx),
             ToChild::Cast { tag } => self.dispatch(tag, frame, at, None, ctx),
-            ToChild::Stop => ctx.stop(),
+            ToChild::Stop => self.stop(ctx),
             ToChild::Start { .. } => tracing::error!("ignoring a second start frame"),
         }
     }
-}
 
-impl<A: ProcessActor> Handler<ParentGone> for Backend<A> {
-    type Result = ();
-
-    fn handle(&mut self, _: ParentGone, ctx: &mut Self::Context) {
+    fn stop(&mut self, ctx: &mut actix::Context<Self>) {
+        self.stopping = true;
         ctx.stop();
     }
-}
 
-impl<A: ProcessActor> Backend<A> {
-    fn dispatch(&mut self, tag: u32, frame: Vec<u8>, at: usize, id: Option<u64>, ctx: &mut actix::Context<Self>) {
+    fn dispatch(
+        &mut self,
+        tag: u32,
+        frame: Vec<u8>,
+        at: usize,
+        id: Option<u64>,
+        ctx: &mut actix::Context<Self>,
+    ) {
         match A::HANDLERS.get(tag as usize) {
             Some(Dispatch::Sync(entry)) => {
                 let outcome = entry(&mut self.state.borrow_mut(), &frame[at..], &mut self.ctx, id);
@@ -155,7 +212,12 @@ impl<A: ProcessActor> Backend<A> {
             }
             Some(Dispatch::Async(entry)) => {
                 let future = entry(Rc::clone(&self.state), frame, at, self.ctx.clone(), id);
-                ctx.wait(future.into_actor(self).map(move |outcome, act, ctx| act.finish(id, outcome, ctx)));
+                self.busy = true;
+                ctx.wait(future.into_actor(self).map(move |outcome, act, ctx| {
+                    act.busy = false;
+                    act.finish(id, outcome, ctx);
+                    act.drain(ctx);
+                }));
             }
             None => {
                 let detail = format!("{} has no handler with tag {tag}", A::KEY);
@@ -177,11 +239,11 @@ impl<A: ProcessActor> Backend<A> {
         if let Some(frame) = frame {
             if let Err(e) = self.ctx_shared().send(&frame) {
                 tracing::debug!("cannot reply, the parent is gone: {e}");
-                ctx.stop();
+                self.stop(ctx);
             }
         }
         if self.ctx_shared().stop.load(Ordering::SeqCst) {
-            ctx.stop();
+            self.stop(ctx);
         }
     }
 

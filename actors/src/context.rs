@@ -45,7 +45,8 @@ impl<A: ProcessActor> ProcessContext<A> {
     /// # Errors
     /// [`SendOutError`] when the event does not encode or the parent is gone.
     pub fn send_out(&self, event: A::Event) -> Result<(), SendOutError> {
-        let frame = wire::encode(&ToParent::Event, &event).map_err(|e| SendOutError::Encode(e.to_string()))?;
+        let frame =
+            wire::encode(&ToParent::Event, &event).map_err(|e| SendOutError::Encode(e.to_string()))?;
         self.shared.send(&frame).map_err(|_| SendOutError::ParentGone)
     }
 

@@ -43,7 +43,8 @@ where
     M: RemoteMessage,
 {
     let msg = decode::<M>(body)?;
-    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(msg, ctx))).map_err(panic_failure)?;
+    let reply =
+        std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(msg, ctx))).map_err(panic_failure)?;
     encode_reply::<M>(id, &reply)
 }
 
@@ -62,6 +63,9 @@ where
     async move {
         let msg = decode::<M>(&frame[at..])?;
         drop(frame);
+        // The borrow lives across the handler's awaits on purpose: the backend runs the future
+        // with `ctx.wait`, so no other message (and no other borrow) is handled meanwhile.
+        #[allow(clippy::await_holding_refcell_ref)]
         let handled = AssertUnwindSafe(async {
             let mut state = state.borrow_mut();
             state.handle(msg, &mut ctx).await
@@ -73,10 +77,8 @@ where
 }
 
 fn decode<M: RemoteMessage>(body: &[u8]) -> Result<M, Failure> {
-    wire::decode_body::<M>(body).map_err(|e| Failure::Decode {
-        what: std::any::type_name::<M>().to_owned(),
-        detail: e.to_string(),
-    })
+    wire::decode_body::<M>(body)
+        .map_err(|e| Failure::Decode { what: std::any::type_name::<M>().to_owned(), detail: e.to_string() })
 }
 
 fn encode_reply<M: RemoteMessage>(id: Option<u64>, reply: &M::Result) -> Outcome {

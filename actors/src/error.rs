@@ -45,7 +45,9 @@ pub enum CallError {
 impl From<CallFailure> for CallError {
     fn from(failure: CallFailure) -> Self {
         match failure {
-            CallFailure::Remote(Failure::Panicked { message, backtrace }) => CallError::Panicked { message, backtrace },
+            CallFailure::Remote(Failure::Panicked { message, backtrace }) => {
+                CallError::Panicked { message, backtrace }
+            }
             CallFailure::Remote(Failure::Decode { what, detail }) => CallError::Decode { what, detail },
             CallFailure::Remote(Failure::Error { message }) => CallError::Failed(message),
             CallFailure::Exited(info) => CallError::Exited(info),

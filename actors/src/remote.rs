@@ -136,7 +136,11 @@ pub async fn spawn_with<A: ProcessActor>(actor: A, options: SpawnOptions) -> Res
     let spawned = rx.await.map_err(|_| SpawnError::Handshake("the spawning thread died".into()))??;
     let connection = Connection::new(spawned, options.shutdown_timeout).map_err(SpawnError::Launch)?;
     tracing::debug!(pid = connection.process().pid(), name = connection.process().name(), "spawned");
-    Ok(Remote { connection: Arc::new(connection), shutdown_timeout: options.shutdown_timeout, _actor: PhantomData })
+    Ok(Remote {
+        connection: Arc::new(connection),
+        shutdown_timeout: options.shutdown_timeout,
+        _actor: PhantomData,
+    })
 }
 
 /// The frontend of a process actor: calls become messages handled in the child.

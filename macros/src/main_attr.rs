@@ -9,7 +9,10 @@ pub(crate) fn expand(args: TokenStream, item: syn::ItemFn) -> syn::Result<TokenS
         return Err(syn::Error::new(args.span(), "`#[ensemble::main]` takes no arguments"));
     }
     if item.sig.ident != "main" || !item.sig.inputs.is_empty() {
-        return Err(syn::Error::new(item.sig.span(), "`#[ensemble::main]` goes on `fn main()` without arguments"));
+        return Err(syn::Error::new(
+            item.sig.span(),
+            "`#[ensemble::main]` goes on `fn main()` without arguments",
+        ));
     }
     let syn::ItemFn { attrs, vis, sig, block } = item;
     let output = &sig.output;

@@ -21,7 +21,10 @@ fn parse_result(input: &DeriveInput) -> syn::Result<TokenStream> {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("result") {
                 let value: syn::LitStr = meta.value()?.parse().map_err(|e| {
-                    syn::Error::new(e.span(), "write the reply type as a string: `#[rtype(result = \"u64\")]`")
+                    syn::Error::new(
+                        e.span(),
+                        "write the reply type as a string: `#[rtype(result = \"u64\")]`",
+                    )
                 })?;
                 let ty: syn::Type = value.parse()?;
                 result = Some(quote!(#ty));

@@ -122,9 +122,7 @@ fn connect(server: &str) -> Result<(IpcBytesReceiver, IpcBytesSender), String> {
         to_child,
         to_parent: from_child,
     };
-    bootstrap
-        .send(Bootstrap::Hello(Box::new(hello)))
-        .map_err(|e| format!("cannot send the hello: {e}"))?;
+    bootstrap.send(Bootstrap::Hello(Box::new(hello))).map_err(|e| format!("cannot send the hello: {e}"))?;
     Ok((from_parent, to_parent))
 }
 

@@ -121,8 +121,8 @@ impl Connection {
             id
         };
         let pending = PendingCall { id, rx, shared: Arc::clone(&self.shared) };
-        let frame = wire::encode(&ToChild::Call { id, tag }, body)
-            .map_err(|e| CallFailure::Encode(e.to_string()))?;
+        let frame =
+            wire::encode(&ToChild::Call { id, tag }, body).map_err(|e| CallFailure::Encode(e.to_string()))?;
         // A failed send means the child is gone: the reader fails the call with the exit status.
         let _ = self.lock_sender().send(&frame);
         Ok(pending)
@@ -134,8 +134,8 @@ impl Connection {
     /// As [`Connection::call`]; in addition [`CallFailure::Exited`] when the send fails.
     pub fn cast<B: Serialize + ?Sized>(&self, tag: u32, body: &B) -> Result<(), CallFailure> {
         self.shared.lock().usable()?;
-        let frame = wire::encode(&ToChild::Cast { tag }, body)
-            .map_err(|e| CallFailure::Encode(e.to_string()))?;
+        let frame =
+            wire::encode(&ToChild::Cast { tag }, body).map_err(|e| CallFailure::Encode(e.to_string()))?;
         if self.lock_sender().send(&frame).is_err() {
             let exit = self.shared.process.reap(EXIT_GRACE);
             return Err(CallFailure::Exited(exit));
@@ -254,9 +254,9 @@ impl Shared {
                 let result = if ok {
                     Ok(Body { frame, at })
                 } else {
-                    Err(CallFailure::Remote(wire::decode_body::<Failure>(&frame[at..]).unwrap_or_else(
-                        |e| Failure::Decode { what: "failure".into(), detail: e.to_string() },
-                    )))
+                    Err(CallFailure::Remote(wire::decode_body::<Failure>(&frame[at..]).unwrap_or_else(|e| {
+                        Failure::Decode { what: "failure".into(), detail: e.to_string() }
+                    })))
                 };
                 let _ = tx.send(result);
             }

@@ -95,9 +95,8 @@ pub fn live_children() -> usize {
 /// parent.
 pub fn wait_for_children(timeout: Duration) -> usize {
     let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    let (live, _) = LIVE_CHANGED
-        .wait_timeout_while(live, timeout, |n| *n > 0)
-        .unwrap_or_else(|e| e.into_inner());
+    let (live, _) =
+        LIVE_CHANGED.wait_timeout_while(live, timeout, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
     *live
 }
 

@@ -169,7 +169,8 @@ pub fn spawn(actor: &str, state: &[u8], config: &SpawnConfig) -> Result<Spawned,
     check_hello(&hello, &process)?;
     let Hello { to_child, to_parent, .. } = *hello;
     let start = ToChild::Start { actor: actor.to_owned(), name: config.name.clone() };
-    let frame = wire::encode_with_raw_body(&start, state).map_err(|e| SpawnError::Handshake(e.to_string()))?;
+    let frame =
+        wire::encode_with_raw_body(&start, state).map_err(|e| SpawnError::Handshake(e.to_string()))?;
     if to_child.send(&frame).is_err() {
         return Err(SpawnError::Exited(process.reap(Duration::from_secs(1))));
     }
@@ -238,11 +239,9 @@ fn await_hello(
     config: &SpawnConfig,
 ) -> Result<Box<Hello>, SpawnError> {
     let (tx, rx) = mpsc::channel();
-    let accepted = std::thread::Builder::new()
-        .name("ensemble-accept".into())
-        .spawn(move || {
-            let _ = tx.send(server.accept().map(|(_, bootstrap)| bootstrap));
-        });
+    let accepted = std::thread::Builder::new().name("ensemble-accept".into()).spawn(move || {
+        let _ = tx.send(server.accept().map(|(_, bootstrap)| bootstrap));
+    });
     accepted.map_err(SpawnError::Launch)?;
     let deadline = Instant::now() + config.handshake_timeout;
     let mut pause = Duration::from_micros(100);
@@ -350,5 +349,51 @@ fn await_ready(
             process.kill();
             failed(Failure::Decode { what: "first frame".into(), detail: e.to_string() })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts `program` as if it were a child and runs the parent's side of the handshake.
+    fn handshake_with(program: &str, args: &[&str], timeout: Duration) -> SpawnError {
+        let (server, name) = IpcOneShotServer::<Bootstrap>::new().unwrap();
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
+        let config = SpawnConfig { handshake_timeout: timeout, ..SpawnConfig::default() };
+        let process = adopt(launch(cmd).unwrap(), &config).unwrap();
+        let error = await_hello(server, &name, &process, &config).err().expect("no hello can come");
+        assert!(process.exit_info().is_some(), "the child was reaped");
+        error
+    }
+
+    #[test]
+    fn a_child_that_never_connects_is_killed_after_the_handshake_timeout() {
+        match handshake_with("/bin/sleep", &["30"], Duration::from_millis(200)) {
+            SpawnError::HandshakeTimeout { timeout, exit } => {
+                assert_eq!(timeout, Duration::from_millis(200));
+                assert_eq!(exit.signal(), Some(libc::SIGKILL));
+            }
+            other => panic!("expected a handshake timeout, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_child_that_exits_before_connecting_reports_status_and_stderr() {
+        match handshake_with("/bin/sh", &["-c", "echo no luck >&2; exit 3"], Duration::from_secs(10)) {
+            SpawnError::Exited(exit) => {
+                assert_eq!(exit.code(), Some(3));
+                assert_eq!(exit.stderr_tail, "no luck\n");
+                assert!(exit.to_string().contains("exited with code 3"), "{exit}");
+            }
+            other => panic!("expected an early exit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_executable_is_a_launch_error() {
+        let error = launch(Command::new("/nonexistent/ensemble-child")).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
     }
 }

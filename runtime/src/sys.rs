@@ -7,6 +7,4 @@
 mod hook;
 mod process;
 
-pub use process::{
-    die_with_parent, ignore_signal, kill, pin_to_cpu, set_thread_name, Signal,
-};
+pub use process::{die_with_parent, ignore_signal, kill, pin_to_cpu, set_thread_name, Signal};
