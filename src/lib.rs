@@ -75,8 +75,12 @@
 pub use ensemble_actors::{
     spawn, spawn_with, AsyncProcessHandler, Call, CallError, EventError, Events, Handles, HookError, Hooks,
     NoEvents, ProcessActor, ProcessContext, ProcessHandler, Remote, RemoteMessage, SendOutError,
-    SpawnOptions, StopError,
+    SpawnOptions, StopError, Supervised, Supervisor, SupervisorHandle,
 };
+
+/// Supervision: restart policies, strategies, intensity, orderly shutdown (re-export of
+/// `ensemble_actors::supervisor`; its docs list the guarantees).
+pub use ensemble_actors::supervisor;
 pub use ensemble_macros::{main, ProcessActor, RemoteMessage};
 pub use ensemble_runtime::{ExitInfo, SpawnError};
 
@@ -87,8 +91,9 @@ pub use ensemble_runtime as runtime;
 pub mod prelude {
     pub use crate::{
         AsyncProcessHandler, CallError, Hooks, ProcessActor, ProcessContext, ProcessHandler, Remote,
-        RemoteMessage, SpawnError, SpawnOptions,
+        RemoteMessage, SpawnError, SpawnOptions, Supervised, Supervisor,
     };
+    pub use crate::supervisor::{ChildSpec, Restart, Strategy, SupervisorConfig, WhileDown};
     pub use futures_core::Stream;
     pub use serde::{Deserialize, Serialize};
 }

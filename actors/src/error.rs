@@ -34,6 +34,10 @@ pub enum CallError {
     /// The message could not be encoded; nothing was sent.
     #[error("could not encode the message: {0}")]
     Encode(String),
+    /// The supervised actor is down, waiting for a restart, and its handle was told not to
+    /// wait ([`WhileDown::Fail`](crate::supervisor::WhileDown::Fail)).
+    #[error("the actor is down, waiting for a restart")]
+    Down,
     /// A stop was requested; the actor takes no new messages.
     #[error("the actor is stopping")]
     Stopping,

@@ -14,12 +14,14 @@ mod dispatch;
 mod error;
 mod message;
 mod remote;
+pub mod supervisor;
 
 pub use actor::{AsyncProcessHandler, Handles, HookError, Hooks, ProcessActor, ProcessHandler};
 pub use context::{ProcessContext, SendOutError};
 pub use error::{CallError, EventError, StopError};
 pub use message::{NoEvents, RemoteMessage};
 pub use remote::{spawn, spawn_with, Call, Events, Remote, SpawnOptions};
+pub use supervisor::{Supervised, Supervisor, SupervisorHandle};
 
 pub use backend::EXIT_START_FAILED;
 

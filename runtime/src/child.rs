@@ -10,6 +10,7 @@ use crate::sys;
 use crate::wire::{self, Failure, ToChild, ToParent};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use linkme::distributed_slice;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Exit code of a child whose bootstrap failed before it could report anything to its parent.
 pub const EXIT_BOOTSTRAP_FAILED: i32 = 70;
@@ -56,9 +57,11 @@ impl ChildBoot {
     }
 }
 
+static IS_CHILD: AtomicBool = AtomicBool::new(false);
+
 /// Whether this process is an ensemble child (it was started by [`crate::spawn`]).
 pub fn is_child() -> bool {
-    std::env::var_os(ENV_BOOTSTRAP).is_some()
+    IS_CHILD.load(Ordering::Relaxed) || std::env::var_os(ENV_BOOTSTRAP).is_some()
 }
 
 /// Becomes the child if this process was started as one: never returns in that case.
@@ -76,6 +79,7 @@ pub fn run_if_child() {
 }
 
 fn bootstrap(server: &str) -> Result<i32, String> {
+    IS_CHILD.store(true, Ordering::Relaxed);
     let parent: u32 = env_value(ENV_PARENT)?.parse().map_err(|_| "bad parent pid".to_owned())?;
     let name = env_value(ENV_NAME)?;
     let cpu = std::env::var(ENV_CPU).ok();

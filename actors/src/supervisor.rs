@@ -1,0 +1,320 @@
+//! Supervision: a supervisor actor starts process actors, restarts them when they exit, and
+//! stops them in order, with Erlang/OTP's semantics.
+//!
+//! Build a [`Supervisor`], [`add`](Supervisor::add) children (each gives a [`Supervised`]
+//! handle that survives restarts), [`start`](Supervisor::start) it, and either
+//! [`run_until_signal`](SupervisorHandle::run_until_signal) (what valkka's `MainContext` loop
+//! does) or [`shutdown`](SupervisorHandle::shutdown) when done. A supervisor is an actix actor:
+//! it needs an actix system (`#[ensemble::main]`, `#[actix_rt::main]`, `actix_rt::System`).
+//! Any process can host one; a child process that does supervises its own children (a tree).
+//!
+//! # Guarantees
+//! - **What a crash does.** When a child's process exits, its calls in flight fail with
+//!   [`CallError::Exited`](crate::CallError::Exited) (code or signal). By its [`Restart`]
+//!   policy, it is started again (`Permanent`: always; `Transient`: after an abnormal exit;
+//!   `Temporary`: never), together with its group by the [`Strategy`]. Meanwhile its handles
+//!   wait or fail with [`CallError::Down`](crate::CallError::Down), by its [`WhileDown`].
+//! - **Nothing is retried.** A call that failed because the child died is not sent again.
+//! - **Intensity.** More than `max_restarts` restarts within `within` (failed starts count):
+//!   the supervisor stops every child and gives up. The root reports it through
+//!   [`SupervisorHandle::wait`] and [`SupervisorHandle::run_until_signal`]
+//!   ([`SupervisorError::GaveUp`]); a supervisor inside a child process exits that process
+//!   with [`EXIT_ESCALATED`], so that its own parent sees the failure.
+//! - **Order.** Children start in the order they were added. On shutdown, and when a
+//!   strategy stops a group, they stop in reverse order; each gets a graceful stop (`post_run`
+//!   runs) and is killed after its shutdown timeout. Every child is reaped.
+//! - **Signals.** [`SupervisorHandle::run_until_signal`] turns SIGINT and SIGTERM into that
+//!   orderly shutdown. Children ignore SIGINT (a terminal's Ctrl-C reaches the whole process
+//!   group; the root decides). If the root is killed outright, every descendant dies with it.
+
+mod child;
+mod core;
+mod slot;
+mod spec;
+
+pub use self::core::EXIT_ESCALATED;
+pub use slot::{Supervised, SupervisedCall};
+pub use spec::{Backoff, ChildSpec, Intensity, Restart, Strategy, SupervisorConfig, WhileDown};
+
+use self::child::{Child, TypedChild};
+use self::core::{AddChild, Shutdown, Subscribe, SupervisorActor, Wait};
+use crate::actor::ProcessActor;
+use actix::Actor;
+use ensemble_runtime::{ExitInfo, SpawnError};
+use futures::channel::mpsc;
+use futures::Stream;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// What happened to a supervised child. Each event is also logged through `tracing`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SupervisorEvent {
+    /// A child was started for the first time.
+    Started {
+        /// The child's name.
+        child: String,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A child's process exited on its own (or was killed by someone else).
+    Exited {
+        /// The child's name.
+        child: String,
+        /// How it ended.
+        exit: ExitInfo,
+    },
+    /// A child was started again.
+    Restarted {
+        /// The child's name.
+        child: String,
+        /// The new pid.
+        pid: u32,
+        /// How many times this child has been restarted.
+        restarts: u32,
+    },
+    /// Starting a child again failed.
+    StartFailed {
+        /// The child's name.
+        child: String,
+        /// Why.
+        error: String,
+    },
+    /// The supervisor stopped a child (shutdown, or its group was restarted).
+    Stopped {
+        /// The child's name.
+        child: String,
+        /// How it ended.
+        exit: ExitInfo,
+    },
+    /// The restart intensity was exceeded; every child was stopped.
+    GaveUp {
+        /// The child whose exit was one too many.
+        child: String,
+        /// The intensity's `max_restarts`.
+        restarts: u32,
+        /// The intensity's window.
+        within: Duration,
+    },
+}
+
+impl SupervisorEvent {
+    fn log(&self) {
+        match self {
+            SupervisorEvent::Started { child, pid } => tracing::info!(child, pid, "started"),
+            SupervisorEvent::Exited { child, exit } => tracing::warn!(child, "exited: {exit}"),
+            SupervisorEvent::Restarted { child, pid, restarts } => {
+                tracing::info!(child, pid, restarts, "restarted")
+            }
+            SupervisorEvent::StartFailed { child, error } => tracing::error!(child, "restart failed: {error}"),
+            SupervisorEvent::Stopped { child, exit } => tracing::info!(child, "stopped: {exit}"),
+            SupervisorEvent::GaveUp { child, restarts, within } => {
+                tracing::error!(child, "more than {restarts} restarts within {within:?}: giving up")
+            }
+        }
+    }
+}
+
+/// Why a supervisor did not end cleanly.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SupervisorError {
+    /// More restarts than the intensity allows; every child was stopped.
+    #[error("child {child:?} needed more than {restarts} restarts within {within:?}; the supervisor gave up")]
+    GaveUp {
+        /// The child whose exit was one too many.
+        child: String,
+        /// The intensity's `max_restarts`.
+        restarts: u32,
+        /// The intensity's window.
+        within: Duration,
+    },
+    /// A child could not be started when the supervisor started.
+    #[error("child {child:?} could not be started: {error}")]
+    Start {
+        /// The child's name.
+        child: String,
+        /// The spawn error, as text.
+        error: String,
+    },
+    /// The supervisor actor is gone (its actix system stopped).
+    #[error("the supervisor is gone")]
+    Gone,
+    /// Installing the signal handlers failed.
+    #[error("could not install the signal handlers: {0}")]
+    Signals(String),
+}
+
+/// A supervisor being built: its configuration and first children.
+///
+/// # Examples
+/// ```
+/// use ensemble::prelude::*;
+/// use ensemble::supervisor::{ChildSpec, Supervisor, SupervisorConfig, Strategy};
+///
+/// #[derive(Serialize, Deserialize, ProcessActor)]
+/// #[actor(handles(Ping))]
+/// struct Worker;
+///
+/// #[derive(Serialize, Deserialize, RemoteMessage)]
+/// #[rtype(result = "u32")]
+/// struct Ping;
+///
+/// impl ProcessHandler<Ping> for Worker {
+///     fn handle(&mut self, _: Ping, ctx: &mut ProcessContext<Self>) -> u32 { ctx.pid() }
+/// }
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut supervisor = Supervisor::new(SupervisorConfig { strategy: Strategy::OneForOne, ..Default::default() });
+/// let worker = supervisor.add(ChildSpec::new("worker", || Worker));
+/// let root = supervisor.start().await?;
+/// let first = worker.send(Ping).await?;
+/// worker.remote().unwrap().kill();                 // crash it
+/// let second = worker.send(Ping).await?;           // waits for the restart
+/// assert_ne!(first, second);
+/// root.shutdown().await?;
+/// # Ok(()) }
+/// ```
+pub struct Supervisor {
+    config: SupervisorConfig,
+    children: Vec<Arc<dyn Child>>,
+    subscribers: Vec<mpsc::UnboundedSender<SupervisorEvent>>,
+}
+
+impl Supervisor {
+    /// A supervisor with `config` and no children yet.
+    pub fn new(config: SupervisorConfig) -> Self {
+        Supervisor { config, children: Vec::new(), subscribers: Vec::new() }
+    }
+
+    /// Adds a child, started by [`Supervisor::start`] after those added before it.
+    pub fn add<A: ProcessActor>(&mut self, spec: ChildSpec<A>) -> Supervised<A> {
+        let (handle, child) = erase(spec);
+        self.children.push(child);
+        handle
+    }
+
+    /// The events of this supervisor, from its first start on.
+    pub fn events(&mut self) -> SupervisorEvents {
+        let (tx, rx) = mpsc::unbounded();
+        self.subscribers.push(tx);
+        SupervisorEvents { rx }
+    }
+
+    /// Starts the supervisor actor on the current actix arbiter and its children in order.
+    ///
+    /// # Errors
+    /// [`SupervisorError::Start`] when a child cannot be started; those started already are
+    /// stopped again.
+    ///
+    /// # Panics
+    /// Outside an actix system.
+    pub async fn start(self) -> Result<SupervisorHandle, SupervisorError> {
+        let addr = SupervisorActor::new(self.config, self.subscribers).start();
+        let handle = SupervisorHandle { addr };
+        for child in self.children {
+            let name = child.name().to_owned();
+            if let Err(error) = handle.add_child(child).await {
+                let _ = handle.shutdown().await;
+                return Err(SupervisorError::Start { child: name, error: error.to_string() });
+            }
+        }
+        Ok(handle)
+    }
+}
+
+fn erase<A: ProcessActor>(spec: ChildSpec<A>) -> (Supervised<A>, Arc<dyn Child>) {
+    let (handle, slot) = Supervised::new(&spec.name, spec.while_down);
+    (handle, Arc::new(TypedChild { spec, slot: Arc::new(slot) }))
+}
+
+/// A running supervisor. `Clone + Send`.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    addr: actix::Addr<SupervisorActor>,
+}
+
+impl SupervisorHandle {
+    /// Starts another child, after those already running.
+    ///
+    /// # Errors
+    /// The [`SpawnError`] of its first start.
+    pub async fn start_child<A: ProcessActor>(&self, spec: ChildSpec<A>) -> Result<Supervised<A>, SpawnError> {
+        let (handle, child) = erase(spec);
+        self.add_child(child).await?;
+        Ok(handle)
+    }
+
+    async fn add_child(&self, child: Arc<dyn Child>) -> Result<(), SpawnError> {
+        self.addr
+            .send(AddChild(child))
+            .await
+            .map_err(|_| SpawnError::Handshake("the supervisor is gone".into()))?
+    }
+
+    /// Stops every child in reverse start order (graceful, then killed after each one's
+    /// shutdown timeout) and ends the supervisor.
+    ///
+    /// # Errors
+    /// [`SupervisorError::GaveUp`] if it had given up before.
+    pub async fn shutdown(&self) -> Result<(), SupervisorError> {
+        self.addr.send(Shutdown).await.map_err(|_| SupervisorError::Gone)?
+    }
+
+    /// Resolves when the supervisor has ended: after [`shutdown`](Self::shutdown), or when it
+    /// gave up.
+    ///
+    /// # Errors
+    /// [`SupervisorError::GaveUp`] when it gave up.
+    pub async fn wait(&self) -> Result<(), SupervisorError> {
+        let rx = self.addr.send(Wait).await.map_err(|_| SupervisorError::Gone)?;
+        rx.await.map_err(|_| SupervisorError::Gone)?
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down in order; or until the supervisor gives
+    /// up. This is the main loop of a program: what valkka's `MainContext` does.
+    ///
+    /// # Errors
+    /// [`SupervisorError::GaveUp`] when it gave up; [`SupervisorError::Signals`] when the
+    /// handlers could not be installed.
+    pub async fn run_until_signal(&self) -> Result<(), SupervisorError> {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        let signals = |kind| signal(kind).map_err(|e| SupervisorError::Signals(e.to_string()));
+        let (mut interrupt, mut terminate) = (signals(SignalKind::interrupt())?, signals(SignalKind::terminate())?);
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            ended = self.wait() => return ended,
+        }
+        self.shutdown().await
+    }
+
+    /// The events from now on. (Use [`Supervisor::events`] to see the first starts too.)
+    ///
+    /// # Errors
+    /// [`SupervisorError::Gone`] when the supervisor actor is gone.
+    pub async fn events(&self) -> Result<SupervisorEvents, SupervisorError> {
+        let rx = self.addr.send(Subscribe).await.map_err(|_| SupervisorError::Gone)?;
+        Ok(SupervisorEvents { rx })
+    }
+}
+
+impl std::fmt::Debug for SupervisorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorHandle").finish_non_exhaustive()
+    }
+}
+
+/// A stream of [`SupervisorEvent`]s. Ends when the supervisor actor is gone.
+#[derive(Debug)]
+pub struct SupervisorEvents {
+    rx: mpsc::UnboundedReceiver<SupervisorEvent>,
+}
+
+impl Stream for SupervisorEvents {
+    type Item = SupervisorEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SupervisorEvent>> {
+        Pin::new(&mut self.rx).poll_next(cx)
+    }
+}

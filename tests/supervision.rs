@@ -1,0 +1,360 @@
+//! Supervisors restart the right children in the right order, give up as specified, and shut
+//! down in reverse order, with real processes killed for real.
+
+use ensemble::prelude::*;
+use ensemble::supervisor::{Backoff, Intensity, SupervisorError, SupervisorEvent, SupervisorEvents};
+use futures::StreamExt;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(handles(Ping, Sleep, Quit), hooks)]
+struct Worker {
+    /// post_run appends the worker's name to this file.
+    log: Option<PathBuf>,
+    name: String,
+}
+
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u32")]
+struct Ping;
+
+#[derive(Serialize, Deserialize, RemoteMessage)]
+struct Sleep(u64);
+
+/// Ends the process with a status: 0 is a clean stop.
+#[derive(Serialize, Deserialize, RemoteMessage)]
+struct Quit(i32);
+
+impl Hooks for Worker {
+    fn post_run(&mut self, _: &mut ProcessContext<Self>) {
+        if let Some(log) = &self.log {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().append(true).create(true).open(log).unwrap();
+            writeln!(file, "{}", self.name).unwrap();
+        }
+    }
+}
+
+impl ProcessHandler<Ping> for Worker {
+    fn handle(&mut self, _: Ping, ctx: &mut ProcessContext<Self>) -> u32 {
+        ctx.pid()
+    }
+}
+
+impl ProcessHandler<Sleep> for Worker {
+    fn handle(&mut self, Sleep(ms): Sleep, _: &mut ProcessContext<Self>) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+impl ProcessHandler<Quit> for Worker {
+    fn handle(&mut self, Quit(code): Quit, ctx: &mut ProcessContext<Self>) {
+        if code == 0 {
+            ctx.stop();
+        } else {
+            std::process::exit(code);
+        }
+    }
+}
+
+fn spec(name: &str) -> ChildSpec<Worker> {
+    let owned = name.to_owned();
+    ChildSpec::new(name, move || Worker { log: None, name: owned.clone() })
+}
+
+fn logged_spec(name: &str, log: &Log) -> ChildSpec<Worker> {
+    let (owned, path) = (name.to_owned(), log.0.clone());
+    ChildSpec::new(name, move || Worker { log: Some(path.clone()), name: owned.clone() })
+}
+
+/// A file post_run hooks append to; removed when dropped, also when the test fails.
+struct Log(PathBuf);
+
+impl Log {
+    fn new(tag: &str) -> Log {
+        Log(std::env::temp_dir().join(format!("ensemble-sup-{tag}-{}", std::process::id())))
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.0).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn within<F: std::future::Future>(secs: u64, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), future).await.expect("timed out")
+}
+
+/// Collects events until `done` says so, failing after a deadline.
+async fn events_until(
+    events: &mut SupervisorEvents,
+    mut done: impl FnMut(&SupervisorEvent) -> bool,
+) -> Vec<SupervisorEvent> {
+    let mut seen = Vec::new();
+    within(20, async {
+        while let Some(event) = events.next().await {
+            let stop = done(&event);
+            seen.push(event);
+            if stop {
+                return;
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+/// The events as short strings, e.g. "exited b", "restarted b".
+fn outline(events: &[SupervisorEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e {
+            SupervisorEvent::Started { child, .. } => format!("started {child}"),
+            SupervisorEvent::Exited { child, .. } => format!("exited {child}"),
+            SupervisorEvent::Restarted { child, .. } => format!("restarted {child}"),
+            SupervisorEvent::StartFailed { child, .. } => format!("start failed {child}"),
+            SupervisorEvent::Stopped { child, .. } => format!("stopped {child}"),
+            SupervisorEvent::GaveUp { child, .. } => format!("gave up {child}"),
+        })
+        .collect()
+}
+
+fn config(strategy: Strategy) -> SupervisorConfig {
+    SupervisorConfig { strategy, ..SupervisorConfig::default() }
+}
+
+#[actix_rt::test]
+async fn sigkill_of_a_permanent_child_fails_calls_in_flight_and_restarts_it() {
+    let mut supervisor = Supervisor::new(config(Strategy::OneForOne));
+    let worker = supervisor.add(spec("w"));
+    let mut events = supervisor.events();
+    let root = within(10, supervisor.start()).await.unwrap();
+    let first = within(5, worker.send(Ping)).await.unwrap();
+    let in_flight = worker.send(Sleep(60_000));
+    tokio::task::yield_now().await;
+    assert!(worker.remote().unwrap().kill());
+    match within(10, in_flight).await {
+        Err(CallError::Exited(exit)) => assert_eq!(exit.signal(), Some(libc::SIGKILL)),
+        other => panic!("expected the kill, got {other:?}"),
+    }
+    let second = within(10, worker.send(Ping)).await.unwrap();
+    assert_ne!(first, second, "a new process answers");
+    let seen = events_until(&mut events, |e| matches!(e, SupervisorEvent::Restarted { .. })).await;
+    assert_eq!(outline(&seen), ["started w", "exited w", "restarted w"]);
+    within(10, root.shutdown()).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_transient_child_is_restarted_after_a_crash_but_not_after_a_clean_exit() {
+    let mut supervisor = Supervisor::new(config(Strategy::OneForOne));
+    let worker = supervisor.add(spec("t").restart(Restart::Transient));
+    let mut events = supervisor.events();
+    let root = within(10, supervisor.start()).await.unwrap();
+    let _ = within(5, worker.send(Quit(9))).await;
+    let seen = events_until(&mut events, |e| matches!(e, SupervisorEvent::Restarted { .. })).await;
+    assert_eq!(outline(&seen), ["started t", "exited t", "restarted t"]);
+    within(5, worker.send(Quit(0))).await.unwrap();
+    let seen = events_until(&mut events, |e| matches!(e, SupervisorEvent::Exited { .. })).await;
+    assert_eq!(outline(&seen), ["exited t"]);
+    match within(5, worker.send(Ping)).await {
+        Err(CallError::Exited(exit)) => assert!(exit.success()),
+        other => panic!("a cleanly stopped transient child stays down, got {other:?}"),
+    }
+    within(10, root.shutdown()).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_temporary_child_is_never_restarted() {
+    let mut supervisor = Supervisor::new(config(Strategy::OneForOne));
+    let worker = supervisor.add(spec("tmp").restart(Restart::Temporary));
+    let root = within(10, supervisor.start()).await.unwrap();
+    let remote = worker.remote().unwrap();
+    remote.kill();
+    within(5, remote.exited()).await;
+    match within(5, worker.up()).await {
+        Err(CallError::Exited(exit)) => assert_eq!(exit.signal(), Some(libc::SIGKILL)),
+        other => panic!("expected it to stay down, got {other:?}"),
+    }
+    within(10, root.shutdown()).await.unwrap();
+}
+
+/// Kills `b` of a, b, c under `strategy` and returns the events that follow and the pids of
+/// the three before and after.
+async fn kill_the_middle_child(strategy: Strategy) -> (Vec<String>, [u32; 3], [u32; 3]) {
+    let mut supervisor = Supervisor::new(config(strategy));
+    let workers = [supervisor.add(spec("a")), supervisor.add(spec("b")), supervisor.add(spec("c"))];
+    let root = within(10, supervisor.start()).await.unwrap();
+    let mut events = within(5, root.events()).await.unwrap();
+    let pids = |workers: &[Supervised<Worker>; 3]| workers.clone().map(|w| w.remote().unwrap().pid());
+    let before = pids(&workers);
+    workers[1].remote().unwrap().kill();
+    let restarted = match strategy {
+        Strategy::OneForOne => "b",
+        Strategy::OneForAll | Strategy::RestForOne => "c",
+    };
+    let seen = events_until(&mut events, |e| {
+        matches!(e, SupervisorEvent::Restarted { child, .. } if child == restarted)
+    })
+    .await;
+    for worker in &workers {
+        within(10, worker.up()).await.unwrap();
+    }
+    let after = pids(&workers);
+    within(10, root.shutdown()).await.unwrap();
+    (outline(&seen), before, after)
+}
+
+#[actix_rt::test]
+async fn one_for_one_restarts_only_the_child_that_died() {
+    let (events, before, after) = kill_the_middle_child(Strategy::OneForOne).await;
+    assert_eq!(events, ["exited b", "restarted b"]);
+    assert_eq!((before[0], before[2]), (after[0], after[2]));
+    assert_ne!(before[1], after[1]);
+}
+
+#[actix_rt::test]
+async fn one_for_all_stops_the_others_in_reverse_order_and_restarts_all_in_order() {
+    let (events, before, after) = kill_the_middle_child(Strategy::OneForAll).await;
+    assert_eq!(events, ["exited b", "stopped c", "stopped a", "restarted a", "restarted b", "restarted c"]);
+    assert!(before.iter().zip(&after).all(|(b, a)| b != a));
+}
+
+#[actix_rt::test]
+async fn rest_for_one_restarts_the_child_and_those_started_after_it() {
+    let (events, before, after) = kill_the_middle_child(Strategy::RestForOne).await;
+    assert_eq!(events, ["exited b", "stopped c", "restarted b", "restarted c"]);
+    assert_eq!(before[0], after[0]);
+    assert_ne!(before[1], after[1]);
+    assert_ne!(before[2], after[2]);
+}
+
+#[actix_rt::test]
+async fn exceeding_the_restart_intensity_stops_everything_and_reports_it() {
+    let log = Log::new("intensity");
+    let intensity = Intensity { max_restarts: 2, within: Duration::from_secs(30) };
+    let mut supervisor =
+        Supervisor::new(SupervisorConfig { intensity, ..SupervisorConfig::default() });
+    let steady = supervisor.add(logged_spec("steady", &log));
+    let crashy = supervisor.add(spec("crashy"));
+    let mut events = supervisor.events();
+    let root = within(10, supervisor.start()).await.unwrap();
+    for _ in 0..3 {
+        let remote = within(10, crashy.up()).await.unwrap();
+        remote.kill();
+        within(5, remote.exited()).await;
+    }
+    let expected = SupervisorError::GaveUp { child: "crashy".into(), restarts: 2, within: Duration::from_secs(30) };
+    assert_eq!(within(10, root.wait()).await, Err(expected.clone()));
+    let seen = events_until(&mut events, |e| matches!(e, SupervisorEvent::Stopped { child, .. } if child == "steady"))
+        .await;
+    let tail: Vec<_> = outline(&seen).into_iter().rev().take(2).collect();
+    assert_eq!(tail, ["stopped steady", "gave up crashy"]);
+    assert_eq!(log.lines(), ["steady"], "the other child was stopped gracefully");
+    assert!(matches!(within(5, steady.send(Ping)).await, Err(CallError::Stopping)));
+    assert_eq!(within(5, root.shutdown()).await, Err(expected));
+}
+
+#[actix_rt::test]
+async fn while_down_fail_makes_calls_fail_at_once_during_a_restart() {
+    let backoff = Backoff { initial: Duration::from_millis(500), max: Duration::from_millis(500) };
+    let mut supervisor = Supervisor::new(SupervisorConfig { backoff: Some(backoff), ..SupervisorConfig::default() });
+    let worker = supervisor.add(spec("f").while_down(WhileDown::Fail));
+    let mut events = supervisor.events();
+    let root = within(10, supervisor.start()).await.unwrap();
+    worker.remote().unwrap().kill();
+    events_until(&mut events, |e| matches!(e, SupervisorEvent::Exited { .. })).await;
+    assert_eq!(within(5, worker.send(Ping)).await, Err(CallError::Down));
+    assert!(matches!(worker.do_send(Ping), Err(CallError::Down)));
+    within(10, worker.up()).await.unwrap();
+    within(5, worker.send(Ping)).await.unwrap();
+    within(10, root.shutdown()).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn shutdown_stops_children_in_reverse_order_and_kills_a_stuck_one() {
+    let log = Log::new("order");
+    let mut supervisor = Supervisor::new(SupervisorConfig::default());
+    let _a = supervisor.add(logged_spec("a", &log));
+    let b = supervisor.add(logged_spec("b", &log).shutdown_timeout(Duration::from_millis(300)));
+    let _c = supervisor.add(logged_spec("c", &log));
+    let mut events = supervisor.events();
+    let root = within(10, supervisor.start()).await.unwrap();
+    b.do_send(Sleep(60_000)).unwrap();
+    within(20, root.shutdown()).await.unwrap();
+    let seen = events_until(&mut events, |e| matches!(e, SupervisorEvent::Stopped { child, .. } if child == "a")).await;
+    let stops: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            SupervisorEvent::Stopped { child, exit } => Some((child.as_str(), exit.signal())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stops, [("c", None), ("b", Some(libc::SIGKILL)), ("a", None)]);
+    assert_eq!(log.lines(), ["c", "a"], "post_run ran in the children that stopped gracefully");
+}
+
+const ROOT_ENV: &str = "ENSEMBLE_TEST_SUPERVISOR_ROOT";
+
+/// Not a test on its own: the root program that the SIGINT test starts and interrupts.
+#[actix_rt::test]
+#[ignore = "helper process for sigint_to_the_root_shuts_everything_down_in_order"]
+async fn supervisor_root_helper() {
+    let Some(log) = std::env::var_os(ROOT_ENV) else { return };
+    let log = Log(PathBuf::from(log));
+    let mut supervisor = Supervisor::new(SupervisorConfig::default());
+    let a = supervisor.add(logged_spec("a", &log));
+    let b = supervisor.add(logged_spec("b", &log));
+    let root = supervisor.start().await.unwrap();
+    let pids = [a.send(Ping).await.unwrap(), b.send(Ping).await.unwrap()];
+    println!("READY {} {}", pids[0], pids[1]);
+    root.run_until_signal().await.unwrap();
+    std::mem::forget(log); // the test reads and removes it
+}
+
+#[test]
+fn sigint_to_the_root_shuts_everything_down_in_order() {
+    let log = Log::new("sigint");
+    let mut root = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["supervisor_root_helper", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(ROOT_ENV, &log.0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(root.stdout.take().unwrap());
+    let mut line = String::new();
+    let pids: Vec<u32> = loop {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let _ = root.kill();
+            panic!("the root exited before it was ready: {:?}", root.wait());
+        }
+        if let Some(at) = line.find("READY ") {
+            break line[at + 6..].split_whitespace().map(|p| p.parse().unwrap()).collect();
+        }
+    };
+    let sent = std::process::Command::new("kill").args(["-INT", &root.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = root.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = root.kill();
+            panic!("the root did not shut down after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(log.lines(), ["b", "a"], "post_run ran in each child, in reverse start order");
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "child {pid} was left behind");
+    }
+}
