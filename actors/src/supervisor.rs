@@ -169,7 +169,9 @@ pub enum SupervisorError {
 /// let worker = supervisor.add(ChildSpec::new("worker", || Worker));
 /// let root = supervisor.start().await?;
 /// let first = worker.send(Ping).await?;
-/// worker.remote().unwrap().kill();                 // crash it
+/// let crashed = worker.remote().unwrap();
+/// crashed.kill();                                  // crash it
+/// crashed.exited().await;
 /// let second = worker.send(Ping).await?;           // waits for the restart
 /// assert_ne!(first, second);
 /// root.shutdown().await?;
