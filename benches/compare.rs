@@ -10,6 +10,9 @@
 //! hand-written ipc-channel server that blocks in `recv` and answers with `send`, i.e. the
 //! fastest way to use ipc-channel for request/reply.
 //!
+//! `restart_latency` times a supervised child from its SIGKILL to the first successful call on
+//! its new incarnation, against `spawn_stop`'s fresh spawn + first reply + stop.
+//!
 //! Writes the table to stdout and the rows to `target/ensemble-compare.json`.
 
 use ensemble::prelude::*;
@@ -248,6 +251,45 @@ fn spawn_stop(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
     Row { scenario: "spawn_stop".into(), ensemble: ens, baseline: base, target: 3.0 }
 }
 
+fn restart_latency(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
+    use ensemble::supervisor::{Intensity, SupervisorConfig};
+    let intensity = Intensity { max_restarts: u32::MAX, within: std::time::Duration::from_secs(1) };
+    let mut supervisor = Supervisor::new(SupervisorConfig { intensity, ..SupervisorConfig::default() });
+    let echo = supervisor.add(ChildSpec::new("bench-restart", || Echo { notes: 0 }));
+    let root = rt.block_on(supervisor.start()).unwrap();
+    let fresh = |rt: &actix_rt::SystemRunner| {
+        rt.block_on(async {
+            let echo = ensemble::spawn(Echo { notes: 0 }).await.unwrap();
+            echo.send(Ping(1)).await.unwrap();
+            echo.stop().await.unwrap();
+        })
+    };
+    let (ens, base) = interleave(
+        plan.reps,
+        || {
+            let start = Instant::now();
+            for _ in 0..plan.spawns {
+                rt.block_on(async {
+                    echo.up().await.unwrap().kill();
+                    // A call racing the death may still reach the dead process and fail with
+                    // `Exited`; the first success is what the scenario times.
+                    while echo.send(Ping(1)).await.is_err() {}
+                });
+            }
+            per_op(start, plan.spawns)
+        },
+        || {
+            let start = Instant::now();
+            for _ in 0..plan.spawns {
+                fresh(rt);
+            }
+            per_op(start, plan.spawns)
+        },
+    );
+    rt.block_on(root.shutdown()).unwrap();
+    Row { scenario: "restart_latency".into(), ensemble: ens, baseline: base, target: 1.5 }
+}
+
 /// Adds the row named after the scenario, carrying the worse of its two placements.
 fn worst_of(rows: &mut Vec<Row>, scenario: &str) {
     let worst = rows
@@ -345,6 +387,7 @@ fn main() {
     worst_of(&mut rows, "call_roundtrip");
     worst_of(&mut rows, "oneway_throughput");
     rows.push(spawn_stop(&rt, &plan));
+    rows.push(restart_latency(&rt, &plan));
     print_table(&rows);
     match write_json(&rows) {
         Ok(path) => println!("\nwritten to {}", path.display()),

@@ -8,6 +8,7 @@
 //! Run: `cargo run --example 02_send_and_sync` (`RUST_LOG=info` is the default in children).
 
 use ensemble::prelude::*;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 #[derive(Serialize, Deserialize, ProcessActor)]
@@ -33,7 +34,7 @@ impl ProcessHandler<Ping> for MyProcess {
 
 #[ensemble::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_target(false).init();
+    tracing_subscriber::fmt().with_target(false).with_ansi(std::io::stderr().is_terminal()).init();
     let work = Duration::from_millis(if quick() { 10 } else { 1000 });
     let p = ensemble::spawn_with(MyProcess { work }, SpawnOptions::new().name("my-process")).await?;
     tracing::info!("ping: calling the backend to do some stuff");

@@ -199,9 +199,10 @@ async fn kill_the_middle_child(strategy: Strategy) -> (Vec<String>, [u32; 3], [u
         Strategy::OneForOne => "b",
         Strategy::OneForAll | Strategy::RestForOne => "c",
     };
-    let seen = events_until(&mut events, |e| {
-        matches!(e, SupervisorEvent::Restarted { child, .. } if child == restarted)
-    })
+    let seen = events_until(
+        &mut events,
+        |e| matches!(e, SupervisorEvent::Restarted { child, .. } if child == restarted),
+    )
     .await;
     for worker in &workers {
         within(10, worker.up()).await.unwrap();
@@ -239,8 +240,7 @@ async fn rest_for_one_restarts_the_child_and_those_started_after_it() {
 async fn exceeding_the_restart_intensity_stops_everything_and_reports_it() {
     let log = Log::new("intensity");
     let intensity = Intensity { max_restarts: 2, within: Duration::from_secs(30) };
-    let mut supervisor =
-        Supervisor::new(SupervisorConfig { intensity, ..SupervisorConfig::default() });
+    let mut supervisor = Supervisor::new(SupervisorConfig { intensity, ..SupervisorConfig::default() });
     let steady = supervisor.add(logged_spec("steady", &log));
     let crashy = supervisor.add(spec("crashy"));
     let mut events = supervisor.events();
@@ -250,10 +250,14 @@ async fn exceeding_the_restart_intensity_stops_everything_and_reports_it() {
         remote.kill();
         within(5, remote.exited()).await;
     }
-    let expected = SupervisorError::GaveUp { child: "crashy".into(), restarts: 2, within: Duration::from_secs(30) };
+    let expected =
+        SupervisorError::GaveUp { child: "crashy".into(), restarts: 2, within: Duration::from_secs(30) };
     assert_eq!(within(10, root.wait()).await, Err(expected.clone()));
-    let seen = events_until(&mut events, |e| matches!(e, SupervisorEvent::Stopped { child, .. } if child == "steady"))
-        .await;
+    let seen = events_until(
+        &mut events,
+        |e| matches!(e, SupervisorEvent::Stopped { child, .. } if child == "steady"),
+    )
+    .await;
     let tail: Vec<_> = outline(&seen).into_iter().rev().take(2).collect();
     assert_eq!(tail, ["stopped steady", "gave up crashy"]);
     assert_eq!(log.lines(), ["steady"], "the other child was stopped gracefully");
@@ -264,7 +268,8 @@ async fn exceeding_the_restart_intensity_stops_everything_and_reports_it() {
 #[actix_rt::test]
 async fn while_down_fail_makes_calls_fail_at_once_during_a_restart() {
     let backoff = Backoff { initial: Duration::from_millis(500), max: Duration::from_millis(500) };
-    let mut supervisor = Supervisor::new(SupervisorConfig { backoff: Some(backoff), ..SupervisorConfig::default() });
+    let mut supervisor =
+        Supervisor::new(SupervisorConfig { backoff: Some(backoff), ..SupervisorConfig::default() });
     let worker = supervisor.add(spec("f").while_down(WhileDown::Fail));
     let mut events = supervisor.events();
     let root = within(10, supervisor.start()).await.unwrap();
@@ -288,7 +293,9 @@ async fn shutdown_stops_children_in_reverse_order_and_kills_a_stuck_one() {
     let root = within(10, supervisor.start()).await.unwrap();
     b.do_send(Sleep(60_000)).unwrap();
     within(20, root.shutdown()).await.unwrap();
-    let seen = events_until(&mut events, |e| matches!(e, SupervisorEvent::Stopped { child, .. } if child == "a")).await;
+    let seen =
+        events_until(&mut events, |e| matches!(e, SupervisorEvent::Stopped { child, .. } if child == "a"))
+            .await;
     let stops: Vec<_> = seen
         .iter()
         .filter_map(|e| match e {
@@ -298,6 +305,40 @@ async fn shutdown_stops_children_in_reverse_order_and_kills_a_stuck_one() {
         .collect();
     assert_eq!(stops, [("c", None), ("b", Some(libc::SIGKILL)), ("a", None)]);
     assert_eq!(log.lines(), ["c", "a"], "post_run ran in the children that stopped gracefully");
+}
+
+/// Runs a supervisor of its own, inside a child process.
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(handles(async StartInner))]
+struct Nest;
+
+/// Starts an inner supervisor that allows no restart; replies with its child's pid.
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u32")]
+struct StartInner;
+
+impl AsyncProcessHandler<StartInner> for Nest {
+    async fn handle(&mut self, _: StartInner, _: &mut ProcessContext<Self>) -> u32 {
+        let intensity = Intensity { max_restarts: 0, within: Duration::from_secs(60) };
+        let mut supervisor = Supervisor::new(SupervisorConfig { intensity, ..SupervisorConfig::default() });
+        let inner = supervisor.add(spec("inner"));
+        supervisor.start().await.unwrap();
+        inner.remote().unwrap().pid()
+    }
+}
+
+#[actix_rt::test]
+async fn a_nested_supervisor_that_gives_up_escalates_by_exiting_its_process() {
+    let mut supervisor = Supervisor::new(SupervisorConfig::default());
+    let nest = supervisor.add(ChildSpec::new("nest", || Nest).restart(Restart::Temporary));
+    let root = within(10, supervisor.start()).await.unwrap();
+    let middle = nest.remote().unwrap();
+    let inner = within(10, nest.send(StartInner)).await.unwrap();
+    let sent = std::process::Command::new("kill").args(["-KILL", &inner.to_string()]).status().unwrap();
+    assert!(sent.success());
+    let exit = within(10, middle.exited()).await;
+    assert_eq!(exit.code(), Some(ensemble::supervisor::EXIT_ESCALATED), "{exit}");
+    within(10, root.shutdown()).await.unwrap();
 }
 
 const ROOT_ENV: &str = "ENSEMBLE_TEST_SUPERVISOR_ROOT";

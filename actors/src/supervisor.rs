@@ -107,7 +107,9 @@ impl SupervisorEvent {
             SupervisorEvent::Restarted { child, pid, restarts } => {
                 tracing::info!(child, pid, restarts, "restarted")
             }
-            SupervisorEvent::StartFailed { child, error } => tracing::error!(child, "restart failed: {error}"),
+            SupervisorEvent::StartFailed { child, error } => {
+                tracing::error!(child, "restart failed: {error}")
+            }
             SupervisorEvent::Stopped { child, exit } => tracing::info!(child, "stopped: {exit}"),
             SupervisorEvent::GaveUp { child, restarts, within } => {
                 tracing::error!(child, "more than {restarts} restarts within {within:?}: giving up")
@@ -120,7 +122,9 @@ impl SupervisorEvent {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SupervisorError {
     /// More restarts than the intensity allows; every child was stopped.
-    #[error("child {child:?} needed more than {restarts} restarts within {within:?}; the supervisor gave up")]
+    #[error(
+        "child {child:?} needed more than {restarts} restarts within {within:?}; the supervisor gave up"
+    )]
     GaveUp {
         /// The child whose exit was one too many.
         child: String,
@@ -241,7 +245,10 @@ impl SupervisorHandle {
     ///
     /// # Errors
     /// The [`SpawnError`] of its first start.
-    pub async fn start_child<A: ProcessActor>(&self, spec: ChildSpec<A>) -> Result<Supervised<A>, SpawnError> {
+    pub async fn start_child<A: ProcessActor>(
+        &self,
+        spec: ChildSpec<A>,
+    ) -> Result<Supervised<A>, SpawnError> {
         let (handle, child) = erase(spec);
         self.add_child(child).await?;
         Ok(handle)
@@ -282,7 +289,8 @@ impl SupervisorHandle {
     pub async fn run_until_signal(&self) -> Result<(), SupervisorError> {
         use actix_rt::signal::unix::{signal, SignalKind};
         let signals = |kind| signal(kind).map_err(|e| SupervisorError::Signals(e.to_string()));
-        let (mut interrupt, mut terminate) = (signals(SignalKind::interrupt())?, signals(SignalKind::terminate())?);
+        let (mut interrupt, mut terminate) =
+            (signals(SignalKind::interrupt())?, signals(SignalKind::terminate())?);
         tokio::select! {
             _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
             _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),

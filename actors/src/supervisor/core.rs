@@ -43,7 +43,10 @@ struct Entry {
 }
 
 impl SupervisorActor {
-    pub(crate) fn new(config: SupervisorConfig, subscribers: Vec<mpsc::UnboundedSender<SupervisorEvent>>) -> Self {
+    pub(crate) fn new(
+        config: SupervisorConfig,
+        subscribers: Vec<mpsc::UnboundedSender<SupervisorEvent>>,
+    ) -> Self {
         let core = Core {
             config,
             children: Vec::new(),
@@ -113,7 +116,12 @@ impl Handler<AddChild> for SupervisorActor {
                 let incarnation = child.start().await?;
                 let index = {
                     let mut core = core.borrow_mut();
-                    core.children.push(Entry { child: Arc::clone(&child), current: None, generation: 0, attempts: 0 });
+                    core.children.push(Entry {
+                        child: Arc::clone(&child),
+                        current: None,
+                        generation: 0,
+                        attempts: 0,
+                    });
                     core.children.len() - 1
                 };
                 adopt(&core, &addr, index, incarnation, false);
@@ -287,7 +295,8 @@ async fn start_again(core: &Rc<RefCell<Core>>, addr: &actix::Addr<SupervisorActo
                 return true;
             }
             Err(error) => {
-                let event = SupervisorEvent::StartFailed { child: child.name().to_owned(), error: error.to_string() };
+                let event =
+                    SupervisorEvent::StartFailed { child: child.name().to_owned(), error: error.to_string() };
                 let mut c = core.borrow_mut();
                 c.emit(event);
                 if !c.allow_restart() {
@@ -321,10 +330,16 @@ async fn give_up(core: &Rc<RefCell<Core>>, index: usize) {
         let c = core.borrow();
         (c.children[index].child.name().to_owned(), c.config.intensity)
     };
-    let error =
-        SupervisorError::GaveUp { child: child.clone(), restarts: intensity.max_restarts, within: intensity.within };
-    core.borrow()
-        .emit(SupervisorEvent::GaveUp { child, restarts: intensity.max_restarts, within: intensity.within });
+    let error = SupervisorError::GaveUp {
+        child: child.clone(),
+        restarts: intensity.max_restarts,
+        within: intensity.within,
+    };
+    core.borrow().emit(SupervisorEvent::GaveUp {
+        child,
+        restarts: intensity.max_restarts,
+        within: intensity.within,
+    });
     stop_all(core).await;
     finish(core, Err(error));
     if ensemble_runtime::child::is_child() {
