@@ -16,6 +16,7 @@ pub mod build;
 pub mod child;
 mod connection;
 mod process;
+pub mod shm;
 mod spawn;
 mod stderr_tail;
 #[allow(unsafe_code)]

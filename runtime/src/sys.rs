@@ -6,5 +6,7 @@
 
 mod hook;
 mod process;
+pub(crate) mod shared_slice;
+pub(crate) mod shm;
 
 pub use process::{die_with_parent, ignore_signal, kill, pin_to_cpu, set_thread_name, Signal};

@@ -1,0 +1,267 @@
+//! Typed views of shared memory: [`SharedSlice`] (read-only, shareable) and [`SharedSliceMut`]
+//! (one owner per range). They live here, in `sys`, because their `Deref` impls are where raw
+//! mapped memory becomes a Rust slice, and their ownership rules are what makes that sound:
+//!
+//! - A `SharedSliceMut` owns a byte range of a segment exclusively. It is not `Clone`; it can
+//!   be split into disjoint parts and joined back; sending it in a message moves it.
+//! - A `SharedSlice` exists only for a frozen segment: one whose whole range was owned by a
+//!   single `SharedSliceMut` when it was frozen, so nobody can write it any more.
+//! - A view borrows its handle, and the handle holds the mapping: a view cannot outlive it.
+
+use crate::shm::segment::{Segment, SegmentError};
+use bytemuck::Pod;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+/// A read-only array of `T` in shared memory, shared by any number of processes.
+///
+/// Cheap to clone (a reference count); put it in a message or an actor's initial state to hand
+/// it to another process, which maps the same pages: nothing is copied. Made with
+/// [`SharedSliceMut::freeze`].
+///
+/// # Examples
+/// ```
+/// use ensemble_runtime::shm::SharedSliceMut;
+/// let mut data = SharedSliceMut::<f64>::new(4)?;
+/// data.copy_from_slice(&[1.0, 2.0, 3.0, 4.0]);
+/// let frozen = data.freeze().expect("one owner of the whole segment");
+/// assert_eq!(frozen.iter().sum::<f64>(), 10.0);
+/// # Ok::<(), ensemble_runtime::shm::SegmentError>(())
+/// ```
+pub struct SharedSlice<T: Pod> {
+    pub(crate) segment: Arc<Segment>,
+    pub(crate) len: usize,
+    pub(crate) _element: PhantomData<T>,
+}
+
+/// A mutable array of `T` in shared memory, owned by one value at a time.
+///
+/// Create one with [`SharedSliceMut::new`], write it, [`split`](Self::split_at) it into parts
+/// for different workers (each part is sent in a message and written there), get the parts
+/// back in replies, [`join`](Self::join) them, and [`freeze`](Self::freeze) the whole into a
+/// [`SharedSlice`].
+pub struct SharedSliceMut<T: Pod> {
+    pub(crate) segment: Arc<Segment>,
+    /// First element of this part, in elements from the segment start.
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+    pub(crate) _element: PhantomData<T>,
+}
+
+impl<T: Pod> SharedSliceMut<T> {
+    /// A new zero-filled array of `len` elements in a new segment.
+    ///
+    /// # Errors
+    /// [`SegmentError::NoSpace`] when `/dev/shm` cannot hold it (checked now, not at first
+    /// write), or another [`SegmentError`].
+    pub fn new(len: usize) -> Result<Self, SegmentError> {
+        let bytes = len.checked_mul(size_of::<T>()).ok_or(SegmentError::NoSpace {
+            requested: u64::MAX,
+            available: 0,
+        })?;
+        let segment = Segment::create(bytes)?;
+        Ok(SharedSliceMut { segment, start: 0, len, _element: PhantomData })
+    }
+
+    /// A new array holding a copy of `values`.
+    ///
+    /// # Errors
+    /// As [`SharedSliceMut::new`].
+    pub fn from_slice(values: &[T]) -> Result<Self, SegmentError> {
+        let mut array = Self::new(values.len())?;
+        array.copy_from_slice(values);
+        Ok(array)
+    }
+
+    /// Splits into `[0, mid)` and `[mid, len)`.
+    ///
+    /// # Panics
+    /// If `mid > len`.
+    pub fn split_at(self, mid: usize) -> (Self, Self) {
+        assert!(mid <= self.len, "split point {mid} is past the end {}", self.len);
+        let right = SharedSliceMut {
+            segment: Arc::clone(&self.segment),
+            start: self.start + mid,
+            len: self.len - mid,
+            _element: PhantomData,
+        };
+        (SharedSliceMut { len: mid, ..self }, right)
+    }
+
+    /// Splits into parts of `size` elements (the last may be shorter), in order.
+    ///
+    /// # Panics
+    /// If `size` is 0.
+    pub fn chunks(self, size: usize) -> Vec<Self> {
+        assert!(size > 0, "chunk size must be positive");
+        let mut parts = Vec::with_capacity(self.len.div_ceil(size));
+        let mut rest = self;
+        while rest.len > size {
+            let (part, tail) = rest.split_at(size);
+            parts.push(part);
+            rest = tail;
+        }
+        parts.push(rest);
+        parts
+    }
+
+    /// Joins two adjacent parts of the same segment (`self` first).
+    ///
+    /// # Errors
+    /// Gives both back when they are not adjacent parts of one segment, in this order.
+    pub fn join(self, next: Self) -> Result<Self, (Self, Self)> {
+        if Arc::ptr_eq(&self.segment, &next.segment) || self.segment.name() == next.segment.name() {
+            if self.start + self.len == next.start {
+                return Ok(SharedSliceMut { len: self.len + next.len, ..self });
+            }
+        }
+        Err((self, next))
+    }
+
+    /// Joins parts into one, in the order given.
+    ///
+    /// # Errors
+    /// Gives the parts back when they are not consecutive parts of one segment.
+    pub fn join_all(parts: Vec<Self>) -> Result<Self, Vec<Self>> {
+        let mut iter = parts.into_iter();
+        let Some(mut whole) = iter.next() else { return Err(Vec::new()) };
+        for (i, part) in iter.by_ref().enumerate() {
+            match whole.join(part) {
+                Ok(joined) => whole = joined,
+                Err((a, b)) => {
+                    let mut back = vec![a, b];
+                    back.extend(iter);
+                    let _ = i;
+                    return Err(back);
+                }
+            }
+        }
+        Ok(whole)
+    }
+
+    /// Makes the array read-only and shareable. Only the owner of the whole segment can.
+    ///
+    /// # Errors
+    /// Gives `self` back when it is only a part of its segment.
+    pub fn freeze(self) -> Result<SharedSlice<T>, Self> {
+        if self.start == 0 && self.len * size_of::<T>() == self.segment.len() {
+            Ok(SharedSlice { segment: self.segment, len: self.len, _element: PhantomData })
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The name of the segment this part belongs to.
+    pub fn segment_name(&self) -> &str {
+        self.segment.name()
+    }
+}
+
+impl<T: Pod> SharedSlice<T> {
+    /// The name of the segment.
+    pub fn segment_name(&self) -> &str {
+        self.segment.name()
+    }
+}
+
+impl<T: Pod> Deref for SharedSlice<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: `len * size_of::<T>()` equals the segment's length (checked by `freeze` or,
+        // on receipt, by `Segment::open`), so the range is inside the mapping. A SharedSlice
+        // exists only for a frozen segment, which no one can write any more. The mapping is
+        // held by `self.segment` for as long as this borrow of `self`.
+        let bytes = unsafe { crate::sys::shm::bytes(self.segment.map(), 0, self.len * size_of::<T>()) };
+        bytemuck::cast_slice(bytes)
+    }
+}
+
+impl<T: Pod> Deref for SharedSliceMut<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: the part lies inside the segment (split/join keep `start + len` within the
+        // original array; `Segment::open` checked the size on receipt). This value owns the
+        // range exclusively, and `&self` excludes a concurrent `&mut` through it.
+        let bytes = unsafe {
+            crate::sys::shm::bytes(self.segment.map(), self.start * size_of::<T>(), self.len * size_of::<T>())
+        };
+        bytemuck::cast_slice(bytes)
+    }
+}
+
+impl<T: Pod> DerefMut for SharedSliceMut<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as for `deref`, and `&mut self` makes this the only reference to the range:
+        // no other part overlaps it, and no SharedSlice of the segment exists while parts do.
+        let bytes = unsafe {
+            crate::sys::shm::bytes_mut(self.segment.map(), self.start * size_of::<T>(), self.len * size_of::<T>())
+        };
+        bytemuck::cast_slice_mut(bytes)
+    }
+}
+
+impl<T: Pod> Clone for SharedSlice<T> {
+    fn clone(&self) -> Self {
+        SharedSlice { segment: Arc::clone(&self.segment), len: self.len, _element: PhantomData }
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for SharedSlice<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedSlice").field("segment", &self.segment.name()).field("len", &self.len).finish()
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for SharedSliceMut<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedSliceMut")
+            .field("segment", &self.segment.name())
+            .field("range", &(self.start..self.start + self.len))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_write_their_own_ranges_and_join_back() {
+        let array = SharedSliceMut::<u32>::new(10).unwrap();
+        let mut parts = array.chunks(3);
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        for (i, part) in parts.iter_mut().enumerate() {
+            part.fill(i as u32 + 1);
+        }
+        let whole = SharedSliceMut::join_all(parts).unwrap();
+        assert_eq!(&*whole, &[1, 1, 1, 2, 2, 2, 3, 3, 3, 4]);
+        let frozen = whole.freeze().unwrap();
+        assert_eq!(frozen.clone().iter().sum::<u32>(), 22);
+    }
+
+    #[test]
+    fn a_part_cannot_be_frozen_and_non_adjacent_parts_do_not_join() {
+        let (left, right) = SharedSliceMut::<u8>::new(8).unwrap().split_at(4);
+        let left = left.freeze().unwrap_err();
+        let (right, left) = right.join(left).unwrap_err();
+        let whole = left.join(right).unwrap();
+        assert_eq!(whole.len(), 8);
+    }
+
+    #[test]
+    fn parts_of_different_segments_do_not_join() {
+        let a = SharedSliceMut::<u8>::new(4).unwrap();
+        let b = SharedSliceMut::<u8>::new(4).unwrap();
+        assert!(a.join(b).is_err());
+    }
+
+    #[test]
+    fn an_empty_array_works() {
+        let empty = SharedSliceMut::<u64>::new(0).unwrap().freeze().unwrap();
+        assert!(empty.is_empty());
+    }
+}
