@@ -9,17 +9,19 @@
 
 use crate::actor::ProcessActor;
 use crate::context::{ContextShared, ProcessContext};
-use crate::dispatch::{install_panic_hook, panic_failure, Dispatch, Outcome};
+use crate::dispatch::{install_panic_hook, panic_failure, Delivery, Dispatch, Outcome};
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, WrapFuture};
 use ensemble_runtime::__private::ipc_channel::ipc::IpcBytesReceiver;
 use ensemble_runtime::child::ChildBoot;
+use ensemble_runtime::Outbox;
 use ensemble_runtime::wire::{self, Failure, ToChild, ToParent};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Exit code of a child whose actor failed to start.
 pub const EXIT_START_FAILED: i32 = 1;
@@ -41,8 +43,7 @@ pub fn run_child<A: ProcessActor>(boot: ChildBoot) -> i32 {
         }
     };
     let ChildBoot { name, from_parent, to_parent, .. } = boot;
-    let shared =
-        Arc::new(ContextShared { name, to_parent: Mutex::new(to_parent), stop: AtomicBool::new(false) });
+    let shared = Arc::new(ContextShared { name, outbox: Outbox::new(to_parent), stop: AtomicBool::new(false) });
     let system = actix_rt::System::new();
     let started = system.block_on(start(state, shared, from_parent, span.clone()));
     if !started {
@@ -70,12 +71,10 @@ async fn start<A: ProcessActor>(
         Err(payload) => Some(panic_failure(payload)),
     };
     if let Some(failure) = failure {
-        let frame = wire::encode(&ToParent::StartFailed, &failure).expect("failures encode");
-        let _ = shared.send(&frame);
+        let _ = shared.outbox.send(&ToParent::StartFailed, &failure);
         return false;
     }
-    let ready = wire::encode(&ToParent::Ready, &()).expect("unit encodes");
-    if shared.send(&ready).is_err() {
+    if shared.outbox.send(&ToParent::Ready, &()).is_err() {
         return false;
     }
     let addr = Backend {
@@ -91,20 +90,39 @@ async fn start<A: ProcessActor>(
         while let Ok(frame) = from_parent.recv() {
             // Hand over whatever else has arrived in one go: one wake-up of the arbiter per
             // batch instead of one per frame.
-            let mut batch = vec![frame];
-            while batch.len() < MAX_BATCH {
-                match from_parent.try_recv() {
-                    Ok(frame) => batch.push(frame),
-                    Err(_) => break,
+            let mut batch = Vec::new();
+            let mut next = Some(frame);
+            while let Some(frame) = next {
+                if !acknowledged(&shared, &frame) {
+                    batch.push(frame);
                 }
+                next = if batch.len() < MAX_BATCH { from_parent.try_recv().ok() } else { None };
             }
-            addr.do_send(Incoming(batch));
+            if !batch.is_empty() {
+                addr.do_send(Incoming(batch));
+            }
         }
         tracing::debug!("the parent's channel closed");
+        shared.outbox.abandon_all();
         addr.do_send(ParentGone);
     });
     receiving.is_ok()
 }
+
+/// Handles the parent's acknowledgement of a hand-over right on the receiving thread, so that
+/// the holds go even while the actor is busy or stopping. Returns whether `frame` was one.
+fn acknowledged(shared: &ContextShared, frame: &[u8]) -> bool {
+    match wire::decode::<ToChild>(frame) {
+        Ok((ToChild::Ack { transfer }, _)) => {
+            shared.outbox.acknowledged(transfer);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// How long a stopping child waits for the parent to take the segments it handed over.
+const HANDOVER_GRACE: Duration = Duration::from_secs(5);
 
 /// The most frames handed to the arbiter in one message.
 const MAX_BATCH: usize = 64;
@@ -124,6 +142,7 @@ impl<A: ProcessActor> Actor for Backend<A> {
     type Context = actix::Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.finish_handovers();
         let Ok(mut state) = self.state.try_borrow_mut() else {
             tracing::error!("stopped while a handler still holds the state; post_run skipped");
             actix::System::current().stop();
@@ -189,6 +208,7 @@ impl<A: ProcessActor> Backend<A> {
             ToChild::Cast { tag } => self.dispatch(tag, frame, at, None, ctx),
             ToChild::Stop => self.stop(ctx),
             ToChild::Start { .. } => tracing::error!("ignoring a second start frame"),
+            ToChild::Ack { .. } => unreachable!("acknowledgements are handled on the receiving thread"),
         }
     }
 
@@ -205,13 +225,14 @@ impl<A: ProcessActor> Backend<A> {
         id: Option<u64>,
         ctx: &mut actix::Context<Self>,
     ) {
+        let delivery = Delivery { id, transfer: wire::transfer_of(&frame) };
         match A::HANDLERS.get(tag as usize) {
             Some(Dispatch::Sync(entry)) => {
-                let outcome = entry(&mut self.state.borrow_mut(), &frame[at..], &mut self.ctx, id);
+                let outcome = entry(&mut self.state.borrow_mut(), &frame[at..], &mut self.ctx, delivery);
                 self.finish(id, outcome, ctx);
             }
             Some(Dispatch::Async(entry)) => {
-                let future = entry(Rc::clone(&self.state), frame, at, self.ctx.clone(), id);
+                let future = entry(Rc::clone(&self.state), frame, at, self.ctx.clone(), delivery);
                 self.busy = true;
                 ctx.wait(future.into_actor(self).map(move |outcome, act, ctx| {
                     act.busy = false;
@@ -220,6 +241,9 @@ impl<A: ProcessActor> Backend<A> {
                 }));
             }
             None => {
+                if let Some(transfer) = delivery.transfer {
+                    self.ctx_shared().outbox.acknowledge(transfer);
+                }
                 let detail = format!("{} has no handler with tag {tag}", A::KEY);
                 self.finish(id, Err(Failure::Decode { what: "message tag".into(), detail }), ctx);
             }
@@ -227,8 +251,8 @@ impl<A: ProcessActor> Backend<A> {
     }
 
     fn finish(&mut self, id: Option<u64>, outcome: Outcome, ctx: &mut actix::Context<Self>) {
-        let frame = match (outcome, id) {
-            (Ok(Some(frame)), _) => Some(frame),
+        let encoded = match (outcome, id) {
+            (Ok(Some(encoded)), _) => Some(encoded),
             (Ok(None), _) => None,
             (Err(failure), Some(id)) => wire::encode(&ToParent::Reply { id, ok: false }, &failure).ok(),
             (Err(failure), None) => {
@@ -236,8 +260,8 @@ impl<A: ProcessActor> Backend<A> {
                 None
             }
         };
-        if let Some(frame) = frame {
-            if let Err(e) = self.ctx_shared().send(&frame) {
+        if let Some(encoded) = encoded {
+            if let Err(e) = self.ctx_shared().outbox.send_encoded(encoded) {
                 tracing::debug!("cannot reply, the parent is gone: {e}");
                 self.stop(ctx);
             }
@@ -249,6 +273,15 @@ impl<A: ProcessActor> Backend<A> {
 
     fn ctx_shared(&self) -> &ContextShared {
         self.ctx.shared()
+    }
+
+    /// Segments this child handed over must reach the parent before the child lets go of them
+    /// by exiting: wait (bounded) for the parent's acknowledgements.
+    fn finish_handovers(&self) {
+        let outbox = &self.ctx_shared().outbox;
+        if outbox.in_flight() > 0 && !outbox.wait_drained(HANDOVER_GRACE) {
+            tracing::warn!("{} hand-overs still unacknowledged after {HANDOVER_GRACE:?}", outbox.in_flight());
+        }
     }
 }
 

@@ -1,12 +1,12 @@
 //! What a handler can do besides replying: push events, stop its process, know its name.
 
 use crate::actor::ProcessActor;
-use ensemble_runtime::__private::ipc_channel::ipc::IpcBytesSender;
-use ensemble_runtime::wire::{self, ToParent};
+use ensemble_runtime::wire::ToParent;
+use ensemble_runtime::{Outbox, SendError};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The backend's handle on its process, passed to every handler and hook.
 ///
@@ -19,7 +19,7 @@ pub struct ProcessContext<A: ProcessActor> {
 
 pub(crate) struct ContextShared {
     pub(crate) name: String,
-    pub(crate) to_parent: Mutex<IpcBytesSender>,
+    pub(crate) outbox: Outbox<ToParent>,
     pub(crate) stop: AtomicBool,
 }
 
@@ -45,9 +45,10 @@ impl<A: ProcessActor> ProcessContext<A> {
     /// # Errors
     /// [`SendOutError`] when the event does not encode or the parent is gone.
     pub fn send_out(&self, event: A::Event) -> Result<(), SendOutError> {
-        let frame =
-            wire::encode(&ToParent::Event, &event).map_err(|e| SendOutError::Encode(e.to_string()))?;
-        self.shared.send(&frame).map_err(|_| SendOutError::ParentGone)
+        self.shared.outbox.send(&ToParent::Event, &event).map_err(|e| match e {
+            SendError::Encode(e) => SendOutError::Encode(e),
+            SendError::Closed => SendOutError::ParentGone,
+        })
     }
 
     /// Stops the actor once the current message is handled: `post_run` runs and the process
@@ -68,12 +69,6 @@ impl<A: ProcessActor> ProcessContext<A> {
     /// This process's pid.
     pub fn pid(&self) -> u32 {
         std::process::id()
-    }
-}
-
-impl ContextShared {
-    pub(crate) fn send(&self, frame: &[u8]) -> std::io::Result<()> {
-        self.to_parent.lock().unwrap_or_else(|e| e.into_inner()).send(frame)
     }
 }
 

@@ -7,7 +7,7 @@
 use crate::actor::{AsyncProcessHandler, ProcessActor, ProcessHandler};
 use crate::context::ProcessContext;
 use crate::message::RemoteMessage;
-use ensemble_runtime::wire::{self, Failure, ToParent};
+use ensemble_runtime::wire::{self, Encoded, Failure, ToParent};
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use std::any::Any;
@@ -16,14 +16,24 @@ use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 
 /// What an entry produces: the reply frame for a call, `None` for a cast, or why it failed.
-pub type Outcome = Result<Option<Vec<u8>>, Failure>;
+pub type Outcome = Result<Option<Encoded>, Failure>;
 
-/// A synchronous handler entry: state, encoded message, context, call id (None for a cast).
-pub type SyncEntry<A> = fn(&mut A, &[u8], &mut ProcessContext<A>, Option<u64>) -> Outcome;
+/// Which incoming message an entry handles: its call id (`None` for a cast) and the hand-over
+/// its frame carries, to acknowledge once the message is decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery {
+    /// The call id; `None` for a cast.
+    pub id: Option<u64>,
+    /// The hand-over of segments in the message, if any.
+    pub transfer: Option<u64>,
+}
+
+/// A synchronous handler entry: state, encoded message, context, and what it answers.
+pub type SyncEntry<A> = fn(&mut A, &[u8], &mut ProcessContext<A>, Delivery) -> Outcome;
 
 /// An asynchronous handler entry: like [`SyncEntry`], owning what the future needs.
 pub type AsyncEntry<A> =
-    fn(Rc<RefCell<A>>, Vec<u8>, usize, ProcessContext<A>, Option<u64>) -> LocalBoxFuture<'static, Outcome>;
+    fn(Rc<RefCell<A>>, Vec<u8>, usize, ProcessContext<A>, Delivery) -> LocalBoxFuture<'static, Outcome>;
 
 /// One row of an actor's handler table.
 pub enum Dispatch<A: ProcessActor> {
@@ -37,15 +47,15 @@ pub enum Dispatch<A: ProcessActor> {
 ///
 /// # Errors
 /// A [`Failure`] when the message does not decode or the handler panics.
-pub fn sync_entry<A, M>(state: &mut A, body: &[u8], ctx: &mut ProcessContext<A>, id: Option<u64>) -> Outcome
+pub fn sync_entry<A, M>(state: &mut A, body: &[u8], ctx: &mut ProcessContext<A>, delivery: Delivery) -> Outcome
 where
     A: ProcessHandler<M>,
     M: RemoteMessage,
 {
-    let msg = decode::<M>(body)?;
+    let msg = decode::<A, M>(body, ctx, delivery)?;
     let reply =
         std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(msg, ctx))).map_err(panic_failure)?;
-    encode_reply::<M>(id, &reply)
+    encode_reply::<M>(delivery.id, &reply)
 }
 
 /// The entry for an [`AsyncProcessHandler<M>`].
@@ -54,14 +64,14 @@ pub fn async_entry<A, M>(
     frame: Vec<u8>,
     at: usize,
     mut ctx: ProcessContext<A>,
-    id: Option<u64>,
+    delivery: Delivery,
 ) -> LocalBoxFuture<'static, Outcome>
 where
     A: AsyncProcessHandler<M>,
     M: RemoteMessage,
 {
     async move {
-        let msg = decode::<M>(&frame[at..])?;
+        let msg = decode::<A, M>(&frame[at..], &ctx, delivery)?;
         drop(frame);
         // The borrow lives across the handler's awaits on purpose: the backend runs the future
         // with `ctx.wait`, so no other message (and no other borrow) is handled meanwhile.
@@ -71,14 +81,23 @@ where
             state.handle(msg, &mut ctx).await
         });
         let reply = handled.catch_unwind().await.map_err(panic_failure)?;
-        encode_reply::<M>(id, &reply)
+        encode_reply::<M>(delivery.id, &reply)
     }
     .boxed_local()
 }
 
-fn decode<M: RemoteMessage>(body: &[u8]) -> Result<M, Failure> {
-    wire::decode_body::<M>(body)
-        .map_err(|e| Failure::Decode { what: std::any::type_name::<M>().to_owned(), detail: e.to_string() })
+/// Decodes the message and, if it handed over segments, acknowledges them (also on failure, so
+/// that the sender lets go).
+fn decode<A: ProcessActor, M: RemoteMessage>(
+    body: &[u8],
+    ctx: &ProcessContext<A>,
+    delivery: Delivery,
+) -> Result<M, Failure> {
+    let msg = wire::decode_body::<M>(body);
+    if let Some(transfer) = delivery.transfer {
+        ctx.shared().outbox.acknowledge(transfer);
+    }
+    msg.map_err(|e| Failure::Decode { what: std::any::type_name::<M>().to_owned(), detail: e.to_string() })
 }
 
 fn encode_reply<M: RemoteMessage>(id: Option<u64>, reply: &M::Result) -> Outcome {

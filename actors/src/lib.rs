@@ -28,6 +28,6 @@ pub use backend::EXIT_START_FAILED;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::backend::run_child;
-    pub use crate::dispatch::{async_entry, sync_entry, AsyncEntry, Dispatch, Outcome, SyncEntry};
+    pub use crate::dispatch::{async_entry, sync_entry, AsyncEntry, Delivery, Dispatch, Outcome, SyncEntry};
     pub use crate::message::NotAMessage;
 }

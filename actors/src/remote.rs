@@ -124,13 +124,17 @@ pub async fn spawn<A: ProcessActor>(actor: A) -> Result<Remote<A>, SpawnError> {
 /// # Errors
 /// As [`spawn`].
 pub async fn spawn_with<A: ProcessActor>(actor: A, options: SpawnOptions) -> Result<Remote<A>, SpawnError> {
-    let state = wire::encode_body(&actor).map_err(|e| SpawnError::Encode(e.to_string()))?;
+    let (state, holds) = wire::encode_body(&actor).map_err(|e| SpawnError::Encode(e.to_string()))?;
     let config = options.config::<A>();
     let (tx, rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("ensemble-spawn".into())
         .spawn(move || {
-            let _ = tx.send(ensemble_runtime::spawn(A::KEY, &state, &config));
+            let spawned = ensemble_runtime::spawn(A::KEY, &state, &config);
+            // Segments in the initial state are held until the child is ready: it maps them
+            // before `pre_run`, so by then it holds them itself.
+            drop(holds);
+            let _ = tx.send(spawned);
         })
         .map_err(SpawnError::Launch)?;
     let spawned = rx.await.map_err(|_| SpawnError::Handshake("the spawning thread died".into()))??;
@@ -315,7 +319,7 @@ impl<M: RemoteMessage> Future for Call<M> {
 }
 
 fn decode_reply<M: RemoteMessage>(body: &Body) -> Result<M::Result, CallError> {
-    wire::decode_body::<M::Result>(body.bytes()).map_err(|e| CallError::Decode {
+    body.decode::<M::Result>().map_err(|e| CallError::Decode {
         what: format!("the reply to {}", std::any::type_name::<M>()),
         detail: e.to_string(),
     })
@@ -333,7 +337,7 @@ impl<E: serde::de::DeserializeOwned> Stream for Events<E> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         Pin::new(&mut self.rx).poll_next(cx).map(|body| {
             body.map(|body| {
-                wire::decode_body::<E>(body.bytes())
+                body.decode::<E>()
                     .map_err(|e| EventError { what: std::any::type_name::<E>(), detail: e.to_string() })
             })
         })

@@ -51,8 +51,8 @@ impl std::fmt::Debug for ChildBoot {
 impl ChildBoot {
     /// Tells the parent that the actor could not start.
     pub fn start_failed(&self, failure: &Failure) {
-        if let Ok(frame) = wire::encode(&ToParent::StartFailed, failure) {
-            let _ = self.to_parent.send(&frame);
+        if let Ok(encoded) = wire::encode(&ToParent::StartFailed, failure) {
+            let _ = self.to_parent.send(&encoded.frame);
         }
     }
 }

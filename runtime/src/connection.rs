@@ -15,7 +15,8 @@ use crate::process::{ChildProcess, ExitInfo};
 use crate::spawn::Spawned;
 use crate::wire::{self, Failure, ToChild, ToParent};
 use futures_channel::{mpsc, oneshot};
-use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender};
+use crate::outbox::{Outbox, SendError};
+use ipc_channel::ipc::IpcBytesReceiver;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,12 +46,27 @@ pub enum CallFailure {
 pub struct Body {
     frame: Vec<u8>,
     at: usize,
+    /// Where to acknowledge the hand-over of the segments in it.
+    outbox: Arc<Outbox<ToChild>>,
 }
 
 impl Body {
     /// The encoded body.
     pub fn bytes(&self) -> &[u8] {
         &self.frame[self.at..]
+    }
+
+    /// Decodes the body; if it hands over segments, acknowledges them once they are held
+    /// (and also when decoding failed, so that the sender lets go).
+    ///
+    /// # Errors
+    /// As [`wire::decode_body`].
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, wire::WireError> {
+        let value = wire::decode_body(self.bytes());
+        if let Some(transfer) = wire::transfer_of(&self.frame) {
+            self.outbox.acknowledge(transfer);
+        }
+        value
     }
 }
 
@@ -59,7 +75,7 @@ impl Body {
 #[derive(Debug)]
 pub struct Connection {
     shared: Arc<Shared>,
-    sender: Mutex<IpcBytesSender>,
+    outbox: Arc<Outbox<ToChild>>,
     events: Mutex<Option<mpsc::UnboundedReceiver<Body>>>,
     shutdown_timeout: Duration,
 }
@@ -87,14 +103,15 @@ impl Connection {
     pub fn new(spawned: Spawned, shutdown_timeout: Duration) -> std::io::Result<Connection> {
         let Spawned { process, to_child, to_parent } = spawned;
         let shared = Arc::new(Shared { process, state: Mutex::new(State::default()) });
+        let outbox = Arc::new(Outbox::new(to_child));
         let (events_tx, events_rx) = mpsc::unbounded();
-        let reader = Arc::clone(&shared);
+        let (reader, reader_outbox) = (Arc::clone(&shared), Arc::clone(&outbox));
         std::thread::Builder::new()
             .name(format!("ensemble-rx-{}", shared.process.pid()))
-            .spawn(move || reader.read(to_parent, events_tx))?;
+            .spawn(move || reader.read(to_parent, &reader_outbox, events_tx))?;
         Ok(Connection {
             shared,
-            sender: Mutex::new(to_child),
+            outbox,
             events: Mutex::new(Some(events_rx)),
             shutdown_timeout,
         })
@@ -121,11 +138,11 @@ impl Connection {
             id
         };
         let pending = PendingCall { id, rx, shared: Arc::clone(&self.shared) };
-        let frame =
-            wire::encode(&ToChild::Call { id, tag }, body).map_err(|e| CallFailure::Encode(e.to_string()))?;
-        // A failed send means the child is gone: the reader fails the call with the exit status.
-        let _ = self.lock_sender().send(&frame);
-        Ok(pending)
+        match self.outbox.send(&ToChild::Call { id, tag }, body) {
+            // A closed channel means the child is gone: the reader fails the call with its exit.
+            Ok(()) | Err(SendError::Closed) => Ok(pending),
+            Err(SendError::Encode(e)) => Err(CallFailure::Encode(e)),
+        }
     }
 
     /// Sends a message to handler `tag` without waiting for a reply.
@@ -134,13 +151,11 @@ impl Connection {
     /// As [`Connection::call`]; in addition [`CallFailure::Exited`] when the send fails.
     pub fn cast<B: Serialize + ?Sized>(&self, tag: u32, body: &B) -> Result<(), CallFailure> {
         self.shared.lock().usable()?;
-        let frame =
-            wire::encode(&ToChild::Cast { tag }, body).map_err(|e| CallFailure::Encode(e.to_string()))?;
-        if self.lock_sender().send(&frame).is_err() {
-            let exit = self.shared.process.reap(EXIT_GRACE);
-            return Err(CallFailure::Exited(exit));
+        match self.outbox.send(&ToChild::Cast { tag }, body) {
+            Ok(()) => Ok(()),
+            Err(SendError::Encode(e)) => Err(CallFailure::Encode(e)),
+            Err(SendError::Closed) => Err(CallFailure::Exited(self.shared.process.reap(EXIT_GRACE))),
         }
-        Ok(())
     }
 
     /// The stream of encoded events; `None` after the first call.
@@ -158,8 +173,7 @@ impl Connection {
             }
             state.stopping = true;
         }
-        let frame = wire::encode(&ToChild::Stop, &()).expect("unit encodes");
-        self.lock_sender().send(&frame).is_ok()
+        self.outbox.send(&ToChild::Stop, &()).is_ok()
     }
 
     /// Resolves once the child has exited and was reaped.
@@ -180,8 +194,9 @@ impl Connection {
         self.shared.lock().exit.clone()
     }
 
-    fn lock_sender(&self) -> MutexGuard<'_, IpcBytesSender> {
-        self.sender.lock().unwrap_or_else(|e| e.into_inner())
+    /// How many hand-overs of segments to the child await its acknowledgement.
+    pub fn handovers_in_flight(&self) -> usize {
+        self.outbox.in_flight()
     }
 }
 
@@ -220,11 +235,12 @@ impl Shared {
     }
 
     /// The reader thread: routes frames until the child's channel closes, then reaps.
-    fn read(&self, from_child: IpcBytesReceiver, events: mpsc::UnboundedSender<Body>) {
+    fn read(&self, from_child: IpcBytesReceiver, outbox: &Arc<Outbox<ToChild>>, events: mpsc::UnboundedSender<Body>) {
         while let Ok(frame) = from_child.recv() {
-            self.route(frame, &events);
+            self.route(frame, outbox, &events);
         }
         drop(from_child);
+        outbox.abandon_all();
         let exit = self.process.reap(EXIT_GRACE);
         let (pending, waiters) = {
             let mut state = self.lock();
@@ -239,7 +255,7 @@ impl Shared {
         }
     }
 
-    fn route(&self, frame: Vec<u8>, events: &mpsc::UnboundedSender<Body>) {
+    fn route(&self, frame: Vec<u8>, outbox: &Arc<Outbox<ToChild>>, events: &mpsc::UnboundedSender<Body>) {
         let (header, body) = match wire::decode::<ToParent>(&frame) {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -252,7 +268,7 @@ impl Shared {
             ToParent::Reply { id, ok } => {
                 let Some(tx) = self.lock().pending.remove(&id) else { return };
                 let result = if ok {
-                    Ok(Body { frame, at })
+                    Ok(Body { frame, at, outbox: Arc::clone(outbox) })
                 } else {
                     Err(CallFailure::Remote(wire::decode_body::<Failure>(&frame[at..]).unwrap_or_else(|e| {
                         Failure::Decode { what: "failure".into(), detail: e.to_string() }
@@ -261,8 +277,9 @@ impl Shared {
                 let _ = tx.send(result);
             }
             ToParent::Event => {
-                let _ = events.unbounded_send(Body { frame, at });
+                let _ = events.unbounded_send(Body { frame, at, outbox: Arc::clone(outbox) });
             }
+            ToParent::Ack { transfer } => outbox.acknowledged(transfer),
             other => tracing::error!(pid = self.process.pid(), "unexpected frame {other:?}"),
         }
     }

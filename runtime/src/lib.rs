@@ -15,6 +15,7 @@
 pub mod build;
 pub mod child;
 mod connection;
+mod outbox;
 mod process;
 pub mod shm;
 mod spawn;
@@ -28,6 +29,7 @@ pub use connection::{Body, CallFailure, Connection, Exited, PendingCall};
 pub use process::{live_children, signal_name, wait_for_children, ChildProcess, ExitInfo};
 pub use spawn::{spawn, SpawnConfig, SpawnError, Spawned};
 pub use sys::{ignore_signal, pin_to_cpu, set_thread_name};
+pub use outbox::{Outbox, SendError};
 pub use wire::Failure;
 
 #[doc(hidden)]

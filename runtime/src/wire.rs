@@ -1,7 +1,9 @@
 //! The wire format: frames exchanged between a parent and its child over ipc-channel.
 //!
-//! A frame is one ipc-channel byte message: a bincode-encoded header followed directly by a
-//! bincode-encoded body. Keeping the body outside the header lets the runtime route frames
+//! A frame is one ipc-channel byte message: a 9-byte prefix (a flags byte and a little-endian
+//! hand-over id, see [`crate::shm::handover`]), a bincode-encoded header, and directly after it
+//! a bincode-encoded body. The prefix is written after the body, once it is known whether the
+//! body holds segment handles. Keeping the body outside the header lets the runtime route frames
 //! without knowing the user's types, and lets the typed layer encode a message straight into
 //! the frame buffer (one copy, no intermediate `Vec`).
 //!
@@ -15,9 +17,11 @@
 //! | [`ToParent::StartFailed`] | a [`Failure`] | child → parent, instead of `Ready` |
 //! | [`ToParent::Reply`] | the reply value, or a [`Failure`] when `ok` is false | child → parent |
 //! | [`ToParent::Event`] | the event | child → parent |
+//! | [`ToChild::Ack`], [`ToParent::Ack`] | empty | the receiver of a hand-over, once it holds the segments |
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use crate::shm::transfer::{self, Hold};
 use std::fmt;
 
 /// Header of a frame sent from the parent to the child.
@@ -44,6 +48,11 @@ pub enum ToChild {
     },
     /// Run `post_run` and exit with status 0.
     Stop,
+    /// The parent holds the segments of the child's hand-over `transfer`.
+    Ack {
+        /// The hand-over acknowledged.
+        transfer: u64,
+    },
 }
 
 /// Header of a frame sent from the child to the parent.
@@ -62,6 +71,56 @@ pub enum ToParent {
     },
     /// An event pushed by the backend.
     Event,
+    /// The child holds the segments of the parent's hand-over `transfer`.
+    Ack {
+        /// The hand-over acknowledged.
+        transfer: u64,
+    },
+}
+
+/// A header that can acknowledge a hand-over.
+pub trait AckHeader: Serialize {
+    /// The acknowledgement of hand-over `transfer`.
+    fn ack(transfer: u64) -> Self;
+}
+
+impl AckHeader for ToChild {
+    fn ack(transfer: u64) -> Self {
+        ToChild::Ack { transfer }
+    }
+}
+
+impl AckHeader for ToParent {
+    fn ack(transfer: u64) -> Self {
+        ToParent::Ack { transfer }
+    }
+}
+
+/// Length of the frame prefix: flags (1 byte) and hand-over id (8 bytes).
+const PREFIX: usize = 9;
+/// Flag: the body holds segment handles; the receiver must acknowledge.
+const CARRIES_SEGMENTS: u8 = 1;
+
+/// An encoded frame, with the holds on the segments its body hands over.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The frame.
+    pub frame: Vec<u8>,
+    /// Segments the sender must keep until the receiver acknowledges.
+    pub holds: Vec<Hold>,
+}
+
+impl Encoded {
+    /// Whether the frame hands over segments.
+    pub fn carries_segments(&self) -> bool {
+        !self.holds.is_empty()
+    }
+
+    /// Marks the frame as hand-over `transfer`.
+    pub fn set_transfer(&mut self, transfer: u64) {
+        self.frame[0] = CARRIES_SEGMENTS;
+        self.frame[1..PREFIX].copy_from_slice(&transfer.to_le_bytes());
+    }
 }
 
 /// Why a handler or hook in the child did not produce a value.
@@ -112,17 +171,19 @@ pub struct WireError(#[from] bincode::Error);
 /// # Examples
 /// ```
 /// use ensemble_runtime::wire::{self, ToChild};
-/// let frame = wire::encode(&ToChild::Cast { tag: 3 }, &"hello")?;
+/// let frame = wire::encode(&ToChild::Cast { tag: 3 }, &"hello")?.frame;
 /// let (header, body) = wire::decode::<ToChild>(&frame)?;
 /// assert_eq!(header, ToChild::Cast { tag: 3 });
 /// assert_eq!(wire::decode_body::<String>(body)?, "hello");
 /// # Ok::<(), wire::WireError>(())
 /// ```
-pub fn encode<H: Serialize, B: Serialize + ?Sized>(header: &H, body: &B) -> Result<Vec<u8>, WireError> {
+pub fn encode<H: Serialize, B: Serialize + ?Sized>(header: &H, body: &B) -> Result<Encoded, WireError> {
     let mut frame = Vec::with_capacity(64);
+    frame.extend_from_slice(&[0; PREFIX]);
     bincode::serialize_into(&mut frame, header)?;
-    bincode::serialize_into(&mut frame, body)?;
-    Ok(frame)
+    let (written, holds) = transfer::collecting_holds(|| bincode::serialize_into(&mut frame, body));
+    written?;
+    Ok(Encoded { frame, holds })
 }
 
 /// Encodes `header` followed by a body that is encoded already (see [`encode_body`]).
@@ -131,6 +192,7 @@ pub fn encode<H: Serialize, B: Serialize + ?Sized>(header: &H, body: &B) -> Resu
 /// When the header does not encode.
 pub fn encode_with_raw_body<H: Serialize>(header: &H, body: &[u8]) -> Result<Vec<u8>, WireError> {
     let mut frame = Vec::with_capacity(64 + body.len());
+    frame.extend_from_slice(&[0; PREFIX]);
     bincode::serialize_into(&mut frame, header)?;
     frame.extend_from_slice(body);
     Ok(frame)
@@ -140,8 +202,9 @@ pub fn encode_with_raw_body<H: Serialize>(header: &H, body: &[u8]) -> Result<Vec
 ///
 /// # Errors
 /// When the value's `Serialize` impl fails.
-pub fn encode_body<B: Serialize + ?Sized>(body: &B) -> Result<Vec<u8>, WireError> {
-    Ok(bincode::serialize(body)?)
+pub fn encode_body<B: Serialize + ?Sized>(body: &B) -> Result<(Vec<u8>, Vec<Hold>), WireError> {
+    let (bytes, holds) = transfer::collecting_holds(|| bincode::serialize(body));
+    Ok((bytes?, holds))
 }
 
 /// Splits a frame into its decoded header and the still-encoded body.
@@ -149,26 +212,37 @@ pub fn encode_body<B: Serialize + ?Sized>(body: &B) -> Result<Vec<u8>, WireError
 /// # Errors
 /// When the frame does not start with a valid header.
 pub fn decode<H: DeserializeOwned>(frame: &[u8]) -> Result<(H, &[u8]), WireError> {
-    let mut rest = frame;
+    let mut rest = frame.get(PREFIX..).ok_or_else(|| custom("a frame shorter than its prefix"))?;
     let header = bincode::deserialize_from(&mut rest)?;
     Ok((header, rest))
 }
 
-/// Decodes a body, requiring that it is consumed whole.
+/// The hand-over a frame carries, if its body holds segment handles.
+pub fn transfer_of(frame: &[u8]) -> Option<u64> {
+    match frame.get(..PREFIX) {
+        Some([CARRIES_SEGMENTS, id @ ..]) => Some(u64::from_le_bytes(id.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// Decodes a body, requiring that it is consumed whole. Segment handles in it are opened and
+/// held; the caller acknowledges the frame's hand-over afterwards (see [`transfer_of`]).
 ///
 /// # Errors
-/// When the bytes are not a valid `T`, or hold more than one.
+/// When the bytes are not a valid `T`, or hold more than one, or a segment cannot be opened.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     let mut rest = body;
-    let value = bincode::deserialize_from(&mut rest)?;
+    let (value, _opened) = transfer::counting_opens(|| bincode::deserialize_from(&mut rest));
+    let value = value?;
     if rest.is_empty() {
         Ok(value)
     } else {
-        let extra = rest.len();
-        Err(WireError(Box::new(bincode::ErrorKind::Custom(format!(
-            "{extra} unexpected bytes after the value"
-        )))))
+        Err(custom(&format!("{} unexpected bytes after the value", rest.len())))
     }
+}
+
+fn custom(message: &str) -> WireError {
+    WireError(Box::new(bincode::ErrorKind::Custom(message.to_owned())))
 }
 
 #[cfg(test)]
@@ -180,7 +254,7 @@ mod tests {
         H: Serialize + DeserializeOwned + PartialEq + fmt::Debug,
         B: Serialize + DeserializeOwned + PartialEq + fmt::Debug,
     {
-        let frame = encode(&header, &body).unwrap();
+        let frame = encode(&header, &body).unwrap().frame;
         let (h, rest) = decode::<H>(&frame).unwrap();
         assert_eq!(h, header);
         assert_eq!(decode_body::<B>(rest).unwrap(), body);
@@ -200,11 +274,13 @@ mod tests {
         );
         roundtrip(ToParent::StartFailed, Failure::Error { message: "no".into() });
         roundtrip(ToParent::Event, Some(1.5f64));
+        roundtrip(ToChild::Ack { transfer: 3 }, ());
+        roundtrip(ToParent::Ack { transfer: 4 }, ());
     }
 
     #[test]
     fn a_raw_body_is_appended_as_is() {
-        let body = encode_body(&(7u16, "state")).unwrap();
+        let (body, _) = encode_body(&(7u16, "state")).unwrap();
         let frame = encode_with_raw_body(&ToChild::Stop, &body).unwrap();
         let (_, rest) = decode::<ToChild>(&frame).unwrap();
         assert_eq!(decode_body::<(u16, String)>(rest).unwrap(), (7, "state".to_string()));
@@ -212,12 +288,22 @@ mod tests {
 
     #[test]
     fn a_truncated_frame_is_an_error_not_a_panic() {
-        let frame = encode(&ToChild::Call { id: 1, tag: 2 }, &12345u64).unwrap();
+        let frame = encode(&ToChild::Call { id: 1, tag: 2 }, &12345u64).unwrap().frame;
         for cut in 0..frame.len() {
             let bad = &frame[..cut];
             let ok = decode::<ToChild>(bad).and_then(|(_, body)| decode_body::<u64>(body));
             assert!(ok.is_err(), "cut at {cut} decoded");
         }
+    }
+
+    #[test]
+    fn a_frame_without_segments_carries_no_transfer() {
+        let mut encoded = encode(&ToChild::Stop, &()).unwrap();
+        assert!(!encoded.carries_segments());
+        assert_eq!(transfer_of(&encoded.frame), None);
+        encoded.set_transfer(42);
+        assert_eq!(transfer_of(&encoded.frame), Some(42));
+        assert_eq!(decode::<ToChild>(&encoded.frame).unwrap().0, ToChild::Stop);
     }
 
     #[test]
