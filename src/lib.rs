@@ -84,12 +84,18 @@ pub use ensemble_actors::supervisor;
 pub use ensemble_macros::{main, ProcessActor, RemoteMessage};
 pub use ensemble_runtime::{ExitInfo, SpawnError};
 
+/// Shared memory: segments, typed arrays and their hand-over (re-export of
+/// `ensemble_runtime::shm`; its docs list the guarantees).
+pub use ensemble_runtime::shm;
+pub use ensemble_runtime::shm::{SegmentError, SharedSlice, SharedSliceMut};
+
 /// The substrate: processes, handshake, wire format (re-export of `ensemble-runtime`).
 pub use ensemble_runtime as runtime;
 
 /// The common path: `use ensemble::prelude::*;`.
 pub mod prelude {
     pub use crate::supervisor::{ChildSpec, Restart, Strategy, SupervisorConfig, WhileDown};
+    pub use crate::{SharedSlice, SharedSliceMut};
     pub use crate::{
         AsyncProcessHandler, CallError, Hooks, ProcessActor, ProcessContext, ProcessHandler, Remote,
         RemoteMessage, SpawnError, SpawnOptions, Supervised, Supervisor,
