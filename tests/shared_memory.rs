@@ -243,6 +243,10 @@ fn segment_holder_helper() {
         return;
     }
     let array = SharedSliceMut::<u8>::new(1 << 16).unwrap();
+    // Look like a segment orphaned long ago, past the sweeper's grace period.
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let path = Path::new(SHM_DIR).join(array.segment_name());
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(an_hour_ago).unwrap();
     println!("SEGMENT {}", array.segment_name());
     std::thread::sleep(Duration::from_secs(60));
 }

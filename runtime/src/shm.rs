@@ -19,7 +19,9 @@
 //!    locks.
 //! 4. Nothing of a program stays in `/dev/shm` once it ends normally; after a crash, the next
 //!    ensemble process to create a segment (or [`remove_orphans`]) removes every segment no
-//!    live process holds, and never one that a live process holds.
+//!    live process holds once it is [`ORPHAN_GRACE`] old, and never one that a live process
+//!    holds. (The grace period covers a segment whose sender died just after sending it: no
+//!    one holds it until its receiver maps it.)
 //!
 //! Segment files are created with mode 0600 under unguessable names `ensemble-<32 hex>`; a
 //! handle naming anything else is refused. A segment that does not fit in `/dev/shm` fails at
@@ -31,5 +33,7 @@ pub(crate) mod segment;
 pub(crate) mod transfer;
 
 pub use crate::sys::shared_slice::{SharedSlice, SharedSliceMut};
-pub use segment::{check_name, remove_orphans, Segment, SegmentError, PREFIX, SHM_DIR};
+pub use segment::{
+    check_name, remove_orphans, remove_orphans_older_than, Segment, SegmentError, ORPHAN_GRACE, PREFIX, SHM_DIR,
+};
 pub use transfer::Hold;

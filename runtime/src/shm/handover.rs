@@ -250,8 +250,9 @@ mod tests {
                     }
                 }
                 Step::ReceiverDropsItsHandle if self.acked => drop(self.receiver.take()),
+                // What a sweep does to this segment (a real sweep would also touch other tests').
                 Step::Sweep => {
-                    let _ = crate::shm::remove_orphans();
+                    crate::shm::segment::remove_if_unheld(&self.name);
                 }
                 _ => {}
             }
@@ -298,7 +299,7 @@ mod tests {
             // of a descriptor for a moment; the janitor and the sweeper get it after.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
             while world.exists() && std::time::Instant::now() < deadline {
-                let _ = crate::shm::remove_orphans();
+                crate::shm::segment::remove_if_unheld(&world.name);
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             prop_assert!(!world.exists(), "leaked");

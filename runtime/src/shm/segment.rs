@@ -19,6 +19,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
+use std::time::Duration;
 
 /// Where segments live.
 pub const SHM_DIR: &str = "/dev/shm";
@@ -206,7 +207,7 @@ fn unlink(name: &str) {
 }
 
 /// Removes `name` if nobody holds it. Never blocks.
-fn remove_if_unheld(name: &str) -> bool {
+pub(crate) fn remove_if_unheld(name: &str) -> bool {
     let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(path_of(name)) else { return false };
     file.try_lock().is_ok() && std::fs::remove_file(path_of(name)).is_ok()
 }
@@ -267,19 +268,38 @@ fn free_space() -> Option<u64> {
     String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
 }
 
+/// How old a segment nobody holds must be before a sweep removes it. A segment whose sender
+/// died right after sending it is held by nobody until its receiver maps it; the grace period
+/// leaves the receiver that time.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+
 /// Removes the segments of ensemble programs that died without cleaning up: every segment file
-/// no live process holds. Never touches a segment a live process holds. Returns the names
-/// removed.
+/// no live process holds and that is at least [`ORPHAN_GRACE`] old. Never touches a segment a
+/// live process holds. Returns the names removed.
 ///
 /// Runs once by itself in every process before its first segment is created.
 ///
 /// # Errors
 /// When `/dev/shm` cannot be listed.
 pub fn remove_orphans() -> io::Result<Vec<String>> {
+    remove_orphans_older_than(ORPHAN_GRACE)
+}
+
+/// [`remove_orphans`] with another grace period; `Duration::ZERO` removes every unheld
+/// segment at once (for a cleanup when no ensemble program runs).
+///
+/// # Errors
+/// When `/dev/shm` cannot be listed.
+pub fn remove_orphans_older_than(grace: Duration) -> io::Result<Vec<String>> {
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(SHM_DIR)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
         if check_name(&name).is_err() {
+            continue;
+        }
+        let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if age.is_none_or(|age| age < grace) {
             continue;
         }
         if remove_if_unheld(&name) {
@@ -342,11 +362,27 @@ mod tests {
         }
     }
 
+    fn age(segment: &Segment) {
+        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        segment.file.set_modified(an_hour_ago).unwrap();
+    }
+
     #[test]
-    fn the_sweeper_never_takes_a_held_segment() {
-        let segment = Segment::create(64).unwrap();
+    fn the_sweeper_takes_old_unheld_segments_and_never_a_held_one() {
+        let held = Segment::create(64).unwrap();
+        let orphan = Segment::create(64).unwrap();
+        let young_orphan = Segment::create(64).unwrap();
+        let (orphan_name, young_name) = (orphan.name().to_owned(), young_orphan.name().to_owned());
+        age(&held);
+        age(&orphan);
+        orphan.forget_on_drop();
+        young_orphan.forget_on_drop();
+        drop((orphan, young_orphan));
         let removed = remove_orphans().unwrap();
-        assert!(!removed.contains(&segment.name().to_owned()));
-        assert!(path_of(segment.name()).exists());
+        assert!(removed.contains(&orphan_name), "{removed:?}");
+        assert!(!removed.contains(&held.name().to_owned()));
+        assert!(path_of(held.name()).exists());
+        assert!(path_of(&young_name).exists(), "a young orphan may still be in flight");
+        assert!(remove_if_unheld(&young_name));
     }
 }
