@@ -10,6 +10,10 @@
 //! hand-written ipc-channel server that blocks in `recv` and answers with `send`, i.e. the
 //! fastest way to use ipc-channel for request/reply.
 //!
+//! `handover_*` time a segment handed over by a worker (created beforehand, filled with
+//! nothing) from the parent's request to its readable view, against the same bytes through
+//! `IpcBytesSender`; `handover_small` is a 4 KiB hand-over against a tiny call.
+//!
 //! `restart_latency` times a supervised child from its SIGKILL to the first successful call on
 //! its new incarnation, against `spawn_stop`'s fresh spawn + first reply + stop.
 //!
@@ -26,6 +30,35 @@ use std::time::Instant;
 #[actor(handles(Ping, Note))]
 struct Echo {
     notes: u64,
+}
+
+/// Makes segments ahead of time and hands them over on request.
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(handles(Prepare, Give))]
+struct Vault {
+    #[serde(skip)]
+    ready: Vec<SharedSliceMut<u8>>,
+}
+
+/// Create (and fill nothing in) a segment of this many bytes.
+#[derive(Serialize, Deserialize, RemoteMessage)]
+struct Prepare(usize);
+
+/// Hand over the segment prepared last.
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "SharedSlice<u8>")]
+struct Give;
+
+impl ProcessHandler<Prepare> for Vault {
+    fn handle(&mut self, Prepare(bytes): Prepare, _: &mut ProcessContext<Self>) {
+        self.ready.push(SharedSliceMut::new(bytes).unwrap());
+    }
+}
+
+impl ProcessHandler<Give> for Vault {
+    fn handle(&mut self, _: Give, _: &mut ProcessContext<Self>) -> SharedSlice<u8> {
+        self.ready.pop().expect("prepared").freeze().unwrap()
+    }
 }
 
 #[derive(Serialize, Deserialize, RemoteMessage)]
@@ -53,10 +86,12 @@ impl ProcessHandler<Note> for Echo {
 enum RawRequest {
     Call(u64),
     Cast(u64),
+    /// Send this many bytes back through the bytes channel.
+    Bytes(usize),
     Stop,
 }
 
-type RawHello = (IpcSender<RawRequest>, IpcReceiver<u64>);
+type RawHello = (IpcSender<RawRequest>, IpcReceiver<u64>, ipc::IpcBytesReceiver);
 
 const ROLE: &str = "COMPARE_ROLE";
 
@@ -64,12 +99,20 @@ const ROLE: &str = "COMPARE_ROLE";
 fn raw_child(server: String) {
     let (req_tx, req_rx) = ipc::channel::<RawRequest>().unwrap();
     let (rep_tx, rep_rx) = ipc::channel::<u64>().unwrap();
-    IpcSender::<RawHello>::connect(server).unwrap().send((req_tx, rep_rx)).unwrap();
+    let (bytes_tx, bytes_rx) = ipc::bytes_channel().unwrap();
+    IpcSender::<RawHello>::connect(server).unwrap().send((req_tx, rep_rx, bytes_rx)).unwrap();
     let mut notes = 0;
+    let mut buffer: Vec<u8> = Vec::new();
     while let Ok(request) = req_rx.recv() {
         match request {
             RawRequest::Call(n) => rep_tx.send(n + notes).unwrap(),
             RawRequest::Cast(_) => notes += 1,
+            RawRequest::Bytes(n) => {
+                if buffer.len() != n {
+                    buffer = vec![7u8; n]; // written once, outside the timed sends that follow
+                }
+                bytes_tx.send(&buffer).unwrap();
+            }
             RawRequest::Stop => break,
         }
     }
@@ -79,6 +122,7 @@ struct Raw {
     child: Child,
     tx: IpcSender<RawRequest>,
     rx: IpcReceiver<u64>,
+    bytes: ipc::IpcBytesReceiver,
 }
 
 impl Raw {
@@ -88,8 +132,8 @@ impl Raw {
             .env(ROLE, format!("raw {name} {cpu}"))
             .spawn()
             .unwrap();
-        let (_, (tx, rx)) = server.accept().unwrap();
-        Raw { child, tx, rx }
+        let (_, (tx, rx, bytes)) = server.accept().unwrap();
+        Raw { child, tx, rx, bytes }
     }
 
     fn call(&self, n: u64) -> u64 {
@@ -290,6 +334,72 @@ fn restart_latency(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
     Row { scenario: "restart_latency".into(), ensemble: ens, baseline: base, target: 1.5 }
 }
 
+/// A segment of `bytes` handed over by a worker, from the parent's request to its readable
+/// view, against the same bytes sent through ipc-channel's `IpcBytesSender`.
+fn handover(rt: &actix_rt::SystemRunner, reps: usize, bytes: usize, scenario: &str, target: f64) -> Row {
+    let vault =
+        rt.block_on(ensemble::spawn_with(Vault { ready: Vec::new() }, SpawnOptions::new().cpu(1))).unwrap();
+    let raw = Raw::start(1);
+    raw.tx.send(RawRequest::Bytes(bytes)).unwrap();
+    assert_eq!(raw.bytes.recv().unwrap().len(), bytes); // the child writes its buffer once
+    let (ens, base) = interleave(
+        reps,
+        || {
+            rt.block_on(vault.send(Prepare(bytes))).unwrap();
+            let start = Instant::now();
+            let view = rt.block_on(vault.send(Give)).unwrap();
+            assert_eq!((view.len(), view[bytes / 2]), (bytes, 0));
+            let elapsed = per_op(start, 1);
+            drop(view); // unmapping and freeing are not part of the hand-over
+            elapsed
+        },
+        || {
+            let start = Instant::now();
+            raw.tx.send(RawRequest::Bytes(bytes)).unwrap();
+            let received = raw.bytes.recv().unwrap();
+            assert_eq!((received.len(), received[bytes / 2]), (bytes, 7));
+            per_op(start, 1)
+        },
+    );
+    rt.block_on(vault.stop()).unwrap();
+    raw.stop();
+    Row { scenario: scenario.into(), ensemble: ens, baseline: base, target }
+}
+
+/// A 4 KiB hand-over against a plain tiny call, both to a worker on CPU 1.
+fn handover_small(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
+    let vault =
+        rt.block_on(ensemble::spawn_with(Vault { ready: Vec::new() }, SpawnOptions::new().cpu(1))).unwrap();
+    let echo = rt.block_on(ensemble::spawn_with(Echo { notes: 0 }, SpawnOptions::new().cpu(1))).unwrap();
+    let rounds = plan.calls / 10;
+    let (ens, base) = interleave(
+        plan.reps,
+        || {
+            let mut total = 0.0;
+            for _ in 0..rounds {
+                rt.block_on(vault.send(Prepare(4096))).unwrap();
+                let start = Instant::now();
+                let view = rt.block_on(vault.send(Give)).unwrap();
+                assert_eq!(view[0], 0);
+                total += per_op(start, 1);
+            }
+            total / rounds as f64
+        },
+        || {
+            let start = Instant::now();
+            rt.block_on(async {
+                for i in 0..rounds as u64 {
+                    echo.send(Ping(i)).await.unwrap();
+                }
+            });
+            per_op(start, rounds)
+        },
+    );
+    rt.block_on(vault.stop()).unwrap();
+    rt.block_on(echo.stop()).unwrap();
+    Row { scenario: "handover_small".into(), ensemble: ens, baseline: base, target: 3.0 }
+}
+
 /// Adds the row named after the scenario, carrying the worse of its two placements.
 fn worst_of(rows: &mut Vec<Row>, scenario: &str) {
     let worst = rows
@@ -314,7 +424,7 @@ fn print_table(rows: &[Row]) {
     for r in rows {
         let verdict = if r.ratio() <= r.target { "meets" } else { "MISSES" };
         println!(
-            "{:<30} {:>14.0} {:>14.0} {:>14.0} {:>14.0} {:>7.2} {:>7.2}  {verdict}",
+            "{:<30} {:>14.0} {:>14.0} {:>14.0} {:>14.0} {:>7.4} {:>7.3}  {verdict}",
             r.scenario,
             r.ensemble.median,
             r.ensemble.p99,
@@ -388,7 +498,17 @@ fn main() {
     worst_of(&mut rows, "oneway_throughput");
     rows.push(spawn_stop(&rt, &plan));
     rows.push(restart_latency(&rt, &plan));
+    rows.push(handover_small(&rt, &plan));
+    let big_reps = if quick { 3 } else { 7 };
+    rows.push(handover(&rt, big_reps, 64 << 20, "handover_64MiB", 0.05));
+    rows.push(handover(&rt, big_reps, 1 << 30, "handover_1GiB", 0.005));
     print_table(&rows);
+    let median_of = |name: &str| rows.iter().find(|r| r.scenario == name).map(|r| r.ensemble.median);
+    if let (Some(small), Some(big)) = (median_of("handover_64MiB"), median_of("handover_1GiB")) {
+        let growth = big / small;
+        let verdict = if growth <= 2.0 { "meets" } else { "MISSES" };
+        println!("\nhand-over growth from 64 MiB to 1 GiB: {growth:.2}x (target at most 2x): {verdict}");
+    }
     match write_json(&rows) {
         Ok(path) => println!("\nwritten to {}", path.display()),
         Err(e) => eprintln!("could not write the JSON report: {e}"),

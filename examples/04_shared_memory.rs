@@ -30,7 +30,11 @@ struct ReadWrite {
 }
 
 impl ProcessHandler<ReadWrite> for MyProcess {
-    fn handle(&mut self, ReadWrite { mut array, value }: ReadWrite, _: &mut ProcessContext<Self>) -> SharedSliceMut<f64> {
+    fn handle(
+        &mut self,
+        ReadWrite { mut array, value }: ReadWrite,
+        _: &mut ProcessContext<Self>,
+    ) -> SharedSliceMut<f64> {
         tracing::info!("readWrite: will change array values from {} to {value}", array[0]);
         array.fill(value);
         tracing::info!("readWrite: ..did that!");

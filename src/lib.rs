@@ -95,11 +95,11 @@ pub use ensemble_runtime as runtime;
 /// The common path: `use ensemble::prelude::*;`.
 pub mod prelude {
     pub use crate::supervisor::{ChildSpec, Restart, Strategy, SupervisorConfig, WhileDown};
-    pub use crate::{SharedSlice, SharedSliceMut};
     pub use crate::{
         AsyncProcessHandler, CallError, Hooks, ProcessActor, ProcessContext, ProcessHandler, Remote,
         RemoteMessage, SpawnError, SpawnOptions, Supervised, Supervisor,
     };
+    pub use crate::{SharedSlice, SharedSliceMut};
     pub use futures_core::Stream;
     pub use serde::{Deserialize, Serialize};
 }

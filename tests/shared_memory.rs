@@ -68,7 +68,11 @@ impl ProcessHandler<Make> for Worker {
 }
 
 impl ProcessHandler<Fill> for Worker {
-    fn handle(&mut self, Fill { mut part, value }: Fill, _: &mut ProcessContext<Self>) -> SharedSliceMut<u32> {
+    fn handle(
+        &mut self,
+        Fill { mut part, value }: Fill,
+        _: &mut ProcessContext<Self>,
+    ) -> SharedSliceMut<u32> {
         part.fill(value);
         part
     }
@@ -221,7 +225,10 @@ async fn a_receiver_that_dies_after_acknowledging_leaves_nothing_behind() {
     array[0] = 42;
     let name = array.segment_name().to_owned();
     let result = within(10, worker.send(TakeAndAbort(array))).await;
-    assert!(matches!(result, Err(CallError::Exited(ref e)) if e.signal() == Some(libc::SIGABRT)), "{result:?}");
+    assert!(
+        matches!(result, Err(CallError::Exited(ref e)) if e.signal() == Some(libc::SIGABRT)),
+        "{result:?}"
+    );
     assert!(gone(&name));
 }
 

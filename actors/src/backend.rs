@@ -13,8 +13,8 @@ use crate::dispatch::{install_panic_hook, panic_failure, Delivery, Dispatch, Out
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, WrapFuture};
 use ensemble_runtime::__private::ipc_channel::ipc::IpcBytesReceiver;
 use ensemble_runtime::child::ChildBoot;
-use ensemble_runtime::Outbox;
 use ensemble_runtime::wire::{self, Failure, ToChild, ToParent};
+use ensemble_runtime::Outbox;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -43,7 +43,8 @@ pub fn run_child<A: ProcessActor>(boot: ChildBoot) -> i32 {
         }
     };
     let ChildBoot { name, from_parent, to_parent, .. } = boot;
-    let shared = Arc::new(ContextShared { name, outbox: Outbox::new(to_parent), stop: AtomicBool::new(false) });
+    let shared =
+        Arc::new(ContextShared { name, outbox: Outbox::new(to_parent), stop: AtomicBool::new(false) });
     let system = actix_rt::System::new();
     let started = system.block_on(start(state, shared, from_parent, span.clone()));
     if !started {

@@ -47,7 +47,12 @@ pub enum Dispatch<A: ProcessActor> {
 ///
 /// # Errors
 /// A [`Failure`] when the message does not decode or the handler panics.
-pub fn sync_entry<A, M>(state: &mut A, body: &[u8], ctx: &mut ProcessContext<A>, delivery: Delivery) -> Outcome
+pub fn sync_entry<A, M>(
+    state: &mut A,
+    body: &[u8],
+    ctx: &mut ProcessContext<A>,
+    delivery: Delivery,
+) -> Outcome
 where
     A: ProcessHandler<M>,
     M: RemoteMessage,

@@ -11,11 +11,11 @@
 //! - When the child's channel closes, the reader reaps the child, fails every pending call with
 //!   its [`ExitInfo`], ends the event stream and wakes everyone waiting for the exit.
 
+use crate::outbox::{Outbox, SendError};
 use crate::process::{ChildProcess, ExitInfo};
 use crate::spawn::Spawned;
 use crate::wire::{self, Failure, ToChild, ToParent};
 use futures_channel::{mpsc, oneshot};
-use crate::outbox::{Outbox, SendError};
 use ipc_channel::ipc::IpcBytesReceiver;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -109,12 +109,7 @@ impl Connection {
         std::thread::Builder::new()
             .name(format!("ensemble-rx-{}", shared.process.pid()))
             .spawn(move || reader.read(to_parent, &reader_outbox, events_tx))?;
-        Ok(Connection {
-            shared,
-            outbox,
-            events: Mutex::new(Some(events_rx)),
-            shutdown_timeout,
-        })
+        Ok(Connection { shared, outbox, events: Mutex::new(Some(events_rx)), shutdown_timeout })
     }
 
     /// The child process.
@@ -235,7 +230,12 @@ impl Shared {
     }
 
     /// The reader thread: routes frames until the child's channel closes, then reaps.
-    fn read(&self, from_child: IpcBytesReceiver, outbox: &Arc<Outbox<ToChild>>, events: mpsc::UnboundedSender<Body>) {
+    fn read(
+        &self,
+        from_child: IpcBytesReceiver,
+        outbox: &Arc<Outbox<ToChild>>,
+        events: mpsc::UnboundedSender<Body>,
+    ) {
         while let Ok(frame) = from_child.recv() {
             self.route(frame, outbox, &events);
         }

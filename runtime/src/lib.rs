@@ -26,10 +26,10 @@ pub mod wire;
 
 pub use build::{BuildId, PROTOCOL_VERSION};
 pub use connection::{Body, CallFailure, Connection, Exited, PendingCall};
+pub use outbox::{Outbox, SendError};
 pub use process::{live_children, signal_name, wait_for_children, ChildProcess, ExitInfo};
 pub use spawn::{spawn, SpawnConfig, SpawnError, Spawned};
 pub use sys::{ignore_signal, pin_to_cpu, set_thread_name};
-pub use outbox::{Outbox, SendError};
 pub use wire::Failure;
 
 #[doc(hidden)]

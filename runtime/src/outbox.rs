@@ -112,7 +112,11 @@ impl<H: AckHeader> Outbox<H> {
         self.lock_in_flight().len()
     }
 
-    fn finish(&self, transfer: u64, end: impl FnOnce(&mut Handover) -> Result<(), crate::shm::handover::HandoverError>) {
+    fn finish(
+        &self,
+        transfer: u64,
+        end: impl FnOnce(&mut Handover) -> Result<(), crate::shm::handover::HandoverError>,
+    ) {
         let handover = self.lock_in_flight().remove(&transfer);
         match handover {
             Some(mut handover) => {

@@ -27,13 +27,14 @@
 //! handle naming anything else is refused. A segment that does not fit in `/dev/shm` fails at
 //! creation ([`SegmentError::NoSpace`]), never with SIGBUS at first write.
 
-pub mod handover;
 mod handle;
+pub mod handover;
 pub(crate) mod segment;
 pub(crate) mod transfer;
 
 pub use crate::sys::shared_slice::{SharedSlice, SharedSliceMut};
 pub use segment::{
-    check_name, remove_orphans, remove_orphans_older_than, Segment, SegmentError, ORPHAN_GRACE, PREFIX, SHM_DIR,
+    check_name, remove_orphans, remove_orphans_older_than, Segment, SegmentError, ORPHAN_GRACE, PREFIX,
+    SHM_DIR,
 };
 pub use transfer::Hold;

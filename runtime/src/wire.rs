@@ -19,9 +19,9 @@
 //! | [`ToParent::Event`] | the event | child → parent |
 //! | [`ToChild::Ack`], [`ToParent::Ack`] | empty | the receiver of a hand-over, once it holds the segments |
 
+use crate::shm::transfer::{self, Hold};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use crate::shm::transfer::{self, Hold};
 use std::fmt;
 
 /// Header of a frame sent from the parent to the child.

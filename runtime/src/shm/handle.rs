@@ -112,7 +112,8 @@ mod tests {
         let (bytes, holds) = transfer::collecting_holds(|| bincode::serialize(&array).unwrap());
         assert_eq!(holds.len(), 1);
         drop(array);
-        let (received, opened) = transfer::counting_opens(|| bincode::deserialize::<SharedSliceMut<u16>>(&bytes));
+        let (received, opened) =
+            transfer::counting_opens(|| bincode::deserialize::<SharedSliceMut<u16>>(&bytes));
         assert_eq!(opened, 1);
         assert_eq!(&*received.unwrap(), &[7, 8, 9]);
     }

@@ -234,7 +234,9 @@ mod tests {
                 }
                 Step::SenderDies if self.sender_alive => {
                     self.sender_alive = false;
-                    for held in self.sender_handle.iter().chain(self.handover.iter().flat_map(|h| h.holds.iter())) {
+                    for held in
+                        self.sender_handle.iter().chain(self.handover.iter().flat_map(|h| h.holds.iter()))
+                    {
                         held.forget_on_drop();
                     }
                     self.sender_handle = None;

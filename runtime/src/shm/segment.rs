@@ -208,7 +208,9 @@ fn unlink(name: &str) {
 
 /// Removes `name` if nobody holds it. Never blocks.
 pub(crate) fn remove_if_unheld(name: &str) -> bool {
-    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(path_of(name)) else { return false };
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(path_of(name)) else {
+        return false;
+    };
     file.try_lock().is_ok() && std::fs::remove_file(path_of(name)).is_ok()
 }
 
@@ -219,8 +221,12 @@ mod janitor {
     use std::sync::{Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
-    const LOOKS: [Duration; 4] =
-        [Duration::from_millis(2), Duration::from_millis(10), Duration::from_millis(50), Duration::from_millis(250)];
+    const LOOKS: [Duration; 4] = [
+        Duration::from_millis(2),
+        Duration::from_millis(10),
+        Duration::from_millis(50),
+        Duration::from_millis(250),
+    ];
 
     pub(super) fn recheck(name: String) {
         static QUEUE: OnceLock<Mutex<Sender<String>>> = OnceLock::new();
@@ -230,7 +236,8 @@ mod janitor {
                 let mut pending: Vec<(String, usize, Instant)> = Vec::new();
                 loop {
                     let next = pending.iter().map(|p| p.2).min();
-                    let wait = next.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(Instant::now()));
+                    let wait = next
+                        .map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(Instant::now()));
                     match rx.recv_timeout(wait) {
                         Ok(name) => pending.push((name, 0, Instant::now() + LOOKS[0])),
                         Err(RecvTimeoutError::Timeout) => {}
@@ -325,7 +332,14 @@ mod tests {
 
     #[test]
     fn names_outside_the_prefix_are_rejected() {
-        for bad in ["", "ensemble-", "../etc/passwd", "ensemble-../../x", "psm_1234", "ensemble-0123456789abcdef0123456789ABCDEF"] {
+        for bad in [
+            "",
+            "ensemble-",
+            "../etc/passwd",
+            "ensemble-../../x",
+            "psm_1234",
+            "ensemble-0123456789abcdef0123456789ABCDEF",
+        ] {
             assert!(matches!(check_name(bad), Err(SegmentError::BadName(_))), "{bad:?}");
         }
         check_name("ensemble-0123456789abcdef0123456789abcdef").unwrap();

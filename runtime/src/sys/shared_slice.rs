@@ -57,10 +57,9 @@ impl<T: Pod> SharedSliceMut<T> {
     /// [`SegmentError::NoSpace`] when `/dev/shm` cannot hold it (checked now, not at first
     /// write), or another [`SegmentError`].
     pub fn new(len: usize) -> Result<Self, SegmentError> {
-        let bytes = len.checked_mul(size_of::<T>()).ok_or(SegmentError::NoSpace {
-            requested: u64::MAX,
-            available: 0,
-        })?;
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .ok_or(SegmentError::NoSpace { requested: u64::MAX, available: 0 })?;
         let segment = Segment::create(bytes)?;
         Ok(SharedSliceMut { segment, start: 0, len, _element: PhantomData })
     }
@@ -112,10 +111,11 @@ impl<T: Pod> SharedSliceMut<T> {
     /// # Errors
     /// Gives both back when they are not adjacent parts of one segment, in this order.
     pub fn join(self, next: Self) -> Result<Self, (Self, Self)> {
-        if Arc::ptr_eq(&self.segment, &next.segment) || self.segment.name() == next.segment.name() {
-            if self.start + self.len == next.start {
-                return Ok(SharedSliceMut { len: self.len + next.len, ..self });
-            }
+        // Parts received in different messages are different mappings of one segment: compare names.
+        let same_segment =
+            Arc::ptr_eq(&self.segment, &next.segment) || self.segment.name() == next.segment.name();
+        if same_segment && self.start + self.len == next.start {
+            return Ok(SharedSliceMut { len: self.len + next.len, ..self });
         }
         Err((self, next))
     }
@@ -127,13 +127,12 @@ impl<T: Pod> SharedSliceMut<T> {
     pub fn join_all(parts: Vec<Self>) -> Result<Self, Vec<Self>> {
         let mut iter = parts.into_iter();
         let Some(mut whole) = iter.next() else { return Err(Vec::new()) };
-        for (i, part) in iter.by_ref().enumerate() {
+        while let Some(part) = iter.next() {
             match whole.join(part) {
                 Ok(joined) => whole = joined,
                 Err((a, b)) => {
                     let mut back = vec![a, b];
                     back.extend(iter);
-                    let _ = i;
                     return Err(back);
                 }
             }
@@ -198,7 +197,11 @@ impl<T: Pod> DerefMut for SharedSliceMut<T> {
         // SAFETY: as for `deref`, and `&mut self` makes this the only reference to the range:
         // no other part overlaps it, and no SharedSlice of the segment exists while parts do.
         let bytes = unsafe {
-            crate::sys::shm::bytes_mut(self.segment.map(), self.start * size_of::<T>(), self.len * size_of::<T>())
+            crate::sys::shm::bytes_mut(
+                self.segment.map(),
+                self.start * size_of::<T>(),
+                self.len * size_of::<T>(),
+            )
         };
         bytemuck::cast_slice_mut(bytes)
     }

@@ -38,7 +38,13 @@ pub fn link_anonymous(file: &File, path: &Path) -> io::Result<()> {
     // SAFETY: both pointers come from live CStrings (NUL-terminated) that outlive the call;
     // AT_FDCWD with absolute paths touches no other fd.
     let rc = unsafe {
-        libc::linkat(libc::AT_FDCWD, source.as_ptr(), libc::AT_FDCWD, target.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+        libc::linkat(
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
     };
     if rc == 0 {
         Ok(())
