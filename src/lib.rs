@@ -84,6 +84,11 @@ pub use ensemble_actors::supervisor;
 pub use ensemble_macros::{main, ProcessActor, RemoteMessage};
 pub use ensemble_runtime::{ExitInfo, SpawnError};
 
+/// Worker farms: map tasks over a supervised pool of processes (re-export of
+/// `ensemble_actors::farm`; its docs list the guarantees).
+pub use ensemble_actors::farm;
+pub use ensemble_actors::{Farm, FarmConfig, TaskError};
+
 /// Shared memory: segments, typed arrays and their hand-over (re-export of
 /// `ensemble_runtime::shm`; its docs list the guarantees).
 pub use ensemble_runtime::shm;
@@ -99,7 +104,7 @@ pub mod prelude {
         AsyncProcessHandler, CallError, Hooks, ProcessActor, ProcessContext, ProcessHandler, Remote,
         RemoteMessage, SpawnError, SpawnOptions, Supervised, Supervisor,
     };
-    pub use crate::{SharedSlice, SharedSliceMut};
+    pub use crate::{Farm, FarmConfig, SharedSlice, SharedSliceMut, TaskError};
     pub use futures_core::Stream;
     pub use serde::{Deserialize, Serialize};
 }

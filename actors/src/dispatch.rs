@@ -63,6 +63,25 @@ where
     encode_reply::<M>(delivery.id, &reply)
 }
 
+/// The entry for a [`Batch<M>`](crate::farm::Batch) of an actor with a [`ProcessHandler<M>`]:
+/// each task runs on its own, a panic fails only its task.
+///
+/// # Errors
+/// A [`Failure`] when the batch does not decode.
+pub fn batch_entry<A, M>(state: &mut A, body: &[u8], ctx: &mut ProcessContext<A>, delivery: Delivery) -> Outcome
+where
+    A: ProcessHandler<M>,
+    M: RemoteMessage,
+{
+    let batch = decode::<A, crate::farm::Batch<M>>(body, ctx, delivery)?;
+    let results: Vec<Result<M::Result, Failure>> = batch
+        .tasks
+        .into_iter()
+        .map(|task| std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(task, ctx))).map_err(panic_failure))
+        .collect();
+    encode_reply::<crate::farm::Batch<M>>(delivery.id, &results)
+}
+
 /// The entry for an [`AsyncProcessHandler<M>`].
 pub fn async_entry<A, M>(
     state: Rc<RefCell<A>>,

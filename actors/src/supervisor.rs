@@ -270,6 +270,11 @@ impl SupervisorHandle {
         self.addr.send(Shutdown).await.map_err(|_| SupervisorError::Gone)?
     }
 
+    /// Asks the supervisor to shut down without waiting for it (for `Drop` impls).
+    pub(crate) fn shutdown_in_background(&self) {
+        self.addr.do_send(Shutdown);
+    }
+
     /// Resolves when the supervisor has ended: after [`shutdown`](Self::shutdown), or when it
     /// gave up.
     ///

@@ -10,13 +10,15 @@ use syn::{DeriveInput, Token};
 /// One entry of `handles(...)`.
 struct Handled {
     is_async: bool,
+    /// Listed in `batches(...)`: the row handles `Batch<message>` for worker farms.
+    batched: bool,
     message: syn::Type,
 }
 
 impl Parse for Handled {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let is_async = input.parse::<Option<Token![async]>>()?.is_some();
-        Ok(Handled { is_async, message: input.parse()? })
+        Ok(Handled { is_async, batched: false, message: input.parse()? })
     }
 }
 
@@ -75,7 +77,9 @@ fn dispatch_row(actor: &syn::Ident, handled: &Handled) -> TokenStream {
     // The actor's name with the message's span: an unimplemented handler is reported on the
     // message in `handles(...)`, not on the struct.
     let actor = syn::Ident::new(&actor.to_string(), span);
-    if handled.is_async {
+    if handled.batched {
+        quote_spanned!(span=> ::ensemble::__private::Dispatch::Sync(::ensemble::__private::batch_entry::<#actor, #message>))
+    } else if handled.is_async {
         quote_spanned!(span=> ::ensemble::__private::Dispatch::Async(::ensemble::__private::async_entry::<#actor, #message>))
     } else {
         quote_spanned!(span=> ::ensemble::__private::Dispatch::Sync(::ensemble::__private::sync_entry::<#actor, #message>))
@@ -85,8 +89,9 @@ fn dispatch_row(actor: &syn::Ident, handled: &Handled) -> TokenStream {
 fn handles_impl(actor: &syn::Ident, tag: usize, handled: &Handled) -> TokenStream {
     let message = &handled.message;
     let tag = tag as u32;
+    let handled_type = if handled.batched { quote!(::ensemble::farm::Batch<#message>) } else { quote!(#message) };
     quote_spanned! {message.span()=>
-        impl ::ensemble::Handles<#message> for #actor {
+        impl ::ensemble::Handles<#handled_type> for #actor {
             const TAG: u32 = #tag;
         }
     }
@@ -95,6 +100,7 @@ fn handles_impl(actor: &syn::Ident, tag: usize, handled: &Handled) -> TokenStrea
 fn parse_options(input: &DeriveInput) -> syn::Result<Options> {
     let mut options = Options::default();
     let mut seen_handles = false;
+    let mut batched = Vec::new();
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("actor")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("handles") {
@@ -107,6 +113,12 @@ fn parse_options(input: &DeriveInput) -> syn::Result<Options> {
                 let list = Punctuated::<Handled, Token![,]>::parse_terminated(&content)?;
                 options.handled.extend(list);
                 Ok(())
+            } else if meta.path.is_ident("batches") {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let list = Punctuated::<syn::Type, Token![,]>::parse_terminated(&content)?;
+                batched.extend(list.into_iter().map(|message| Handled { is_async: false, batched: true, message }));
+                Ok(())
             } else if meta.path.is_ident("event") {
                 options.event = Some(meta.value()?.parse()?);
                 Ok(())
@@ -114,10 +126,13 @@ fn parse_options(input: &DeriveInput) -> syn::Result<Options> {
                 options.hooks = true;
                 Ok(())
             } else {
-                Err(meta.error("unknown `actor` option; expected `handles(...)`, `event = Type` or `hooks`"))
+                Err(meta.error(
+                    "unknown `actor` option; expected `handles(...)`, `batches(...)`, `event = Type` or `hooks`",
+                ))
             }
         })?;
     }
+    options.handled.extend(batched);
     Ok(options)
 }
 
@@ -126,12 +141,14 @@ fn reject_duplicates(handled: &mut Vec<Handled>) -> syn::Result<()> {
     let mut seen: Vec<String> = Vec::new();
     let mut errors: Option<syn::Error> = None;
     handled.retain(|h| {
-        let key = h.message.to_token_stream_string();
+        let key = format!("{}{}", if h.batched { "batches:" } else { "" }, h.message.to_token_stream_string());
         if !seen.contains(&key) {
             seen.push(key);
             return true;
         }
-        let error = syn::Error::new(h.message.span(), format!("`{key}` is listed twice in `handles(...)`"));
+        let list = if h.batched { "batches" } else { "handles" };
+        let message = h.message.to_token_stream_string();
+        let error = syn::Error::new(h.message.span(), format!("`{message}` is listed twice in `{list}(...)`"));
         match &mut errors {
             Some(all) => all.combine(error),
             None => errors = Some(error),

@@ -1,0 +1,463 @@
+//! Worker farms: map tasks over a supervised pool of process actors, with batching,
+//! backpressure, retries of tasks lost with a crashed worker, and a progress bar.
+//!
+//! The worker type lists the task message in `batches(...)` as well as (or instead of)
+//! `handles(...)`: the farm sends tasks in [`Batch`]es, and each task of a batch runs on its own
+//! (a panic fails only its task).
+//!
+//! ```
+//! use ensemble::prelude::*;
+//! use ensemble::farm::{Farm, FarmConfig};
+//!
+//! #[derive(Serialize, Deserialize, ProcessActor)]
+//! #[actor(batches(Square))]
+//! struct Worker;
+//!
+//! #[derive(Clone, Serialize, Deserialize, RemoteMessage)]
+//! #[rtype(result = "u64")]
+//! struct Square(u64);
+//!
+//! impl ProcessHandler<Square> for Worker {
+//!     fn handle(&mut self, Square(n): Square, _: &mut ProcessContext<Self>) -> u64 { n * n }
+//! }
+//!
+//! # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let farm = Farm::start(FarmConfig { workers: 2, ..FarmConfig::default() }, |_| Worker).await?;
+//! let squares = farm.map((0..1000).map(Square)).await?;
+//! assert_eq!(squares[999], 998_001);
+//! farm.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//! - **Order.** [`Farm::map`] and [`Farm::map_all`] return results in input order;
+//!   [`Farm::for_each`] hands them over as they complete, with their input index.
+//! - **Bounded memory.** Inputs are pulled lazily: at most `workers * in_flight` batches are
+//!   out at a time, however long the input iterator is.
+//! - **Panics** fail their own task with [`TaskError::Panicked`] (index, message, backtrace);
+//!   the worker goes on.
+//! - **Crashes.** A worker whose process dies is restarted by the farm's supervisor; the tasks
+//!   of its unfinished batches are sent again, one by one so that a task that kills its worker
+//!   is isolated, up to `retries` more times, then fail with [`TaskError::WorkerDied`]. A task
+//!   is never reported twice; a task that crashed its worker may have run more than once.
+//! - **Scope.** Dropping the farm (or [`Farm::shutdown`]) stops every worker; they are reaped.
+
+use crate::actor::{Handles, ProcessActor};
+use crate::error::CallError;
+use crate::message::RemoteMessage;
+use crate::supervisor::{
+    ChildSpec, Intensity, Supervised, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle,
+};
+use ensemble_runtime::{ExitInfo, Failure};
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+/// Tasks sent to a worker together. The worker's `batches(M)` entry runs each on its own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Batch<M> {
+    /// The tasks, in order.
+    pub tasks: Vec<M>,
+}
+
+impl<M: RemoteMessage> RemoteMessage for Batch<M> {
+    type Result = Vec<Result<M::Result, Failure>>;
+}
+
+/// How many tasks go in one batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchSize {
+    /// Grow batches until one takes about 2 ms in the worker, so that the cost of a message
+    /// does not dominate tiny tasks; never so large that a worker would sit idle at the end.
+    #[default]
+    Auto,
+    /// Always this many (at least 1).
+    Fixed(usize),
+}
+
+/// How a farm runs. Every field has a default.
+#[derive(Clone, Debug)]
+pub struct FarmConfig {
+    /// Worker processes. Default: the number of CPUs.
+    pub workers: usize,
+    /// Batches in flight per worker (the backpressure bound). Default: 2.
+    pub in_flight: usize,
+    /// Batch sizing. Default: [`BatchSize::Auto`].
+    pub batch: BatchSize,
+    /// How many more times a task lost with a crashed worker is sent. Default: 2.
+    pub retries: u32,
+    /// Show a progress bar on stderr when it is a terminal. Default: true.
+    pub progress: bool,
+    /// Prefix of the workers' process names. Default: "worker".
+    pub name: String,
+}
+
+impl Default for FarmConfig {
+    fn default() -> Self {
+        FarmConfig {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            in_flight: 2,
+            batch: BatchSize::Auto,
+            retries: 2,
+            progress: true,
+            name: String::from("worker"),
+        }
+    }
+}
+
+/// Why one task has no result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// The task's handler panicked.
+    #[error("task {index} panicked: {message}")]
+    Panicked {
+        /// The task's input index.
+        index: usize,
+        /// The panic message.
+        message: String,
+        /// Where it panicked, with the worker's backtrace.
+        backtrace: String,
+    },
+    /// The worker died every time the task was sent.
+    #[error("task {index} was lost with its worker {attempts} times; last: {exit}")]
+    WorkerDied {
+        /// The task's input index.
+        index: usize,
+        /// How the last worker ended.
+        exit: ExitInfo,
+        /// How many times it was sent.
+        attempts: u32,
+    },
+    /// Another failure of the call (e.g. the task or its result did not encode or decode).
+    #[error("task {index} failed: {error}")]
+    Failed {
+        /// The task's input index.
+        index: usize,
+        /// The call's error.
+        error: CallError,
+    },
+}
+
+impl TaskError {
+    /// The input index of the task.
+    pub fn index(&self) -> usize {
+        match self {
+            TaskError::Panicked { index, .. } | TaskError::WorkerDied { index, .. } | TaskError::Failed { index, .. } => {
+                *index
+            }
+        }
+    }
+}
+
+/// What a [`Farm::for_each`] run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Tasks with a result.
+    pub succeeded: usize,
+    /// Tasks with an error.
+    pub failed: usize,
+    /// Whether the callback stopped the run before every input was done.
+    pub stopped: bool,
+}
+
+/// A pool of worker processes of actor type `A`, supervised (`one_for_one`, permanent).
+pub struct Farm<A: ProcessActor> {
+    root: SupervisorHandle,
+    workers: Vec<Supervised<A>>,
+    config: FarmConfig,
+}
+
+/// How long an automatic batch aims to take in the worker.
+const BATCH_TARGET: Duration = Duration::from_millis(2);
+/// The largest automatic batch.
+const MAX_BATCH: usize = 4096;
+
+impl<A: ProcessActor> Farm<A> {
+    /// Starts `config.workers` workers, worker `i` from `factory(i)` (also when restarted).
+    ///
+    /// # Errors
+    /// [`SupervisorError::Start`] when a worker cannot be started; none is left running.
+    pub async fn start(
+        config: FarmConfig,
+        factory: impl Fn(usize) -> A + Send + Sync + 'static,
+    ) -> Result<Self, SupervisorError> {
+        let workers = config.workers.max(1);
+        let intensity = Intensity { max_restarts: 10 * workers as u32, within: Duration::from_secs(60) };
+        let mut supervisor = Supervisor::new(SupervisorConfig { intensity, ..SupervisorConfig::default() });
+        let factory = std::sync::Arc::new(factory);
+        let handles = (0..workers)
+            .map(|i| {
+                let factory = std::sync::Arc::clone(&factory);
+                supervisor.add(ChildSpec::new(format!("{}-{i}", config.name), move || factory(i)))
+            })
+            .collect();
+        let root = supervisor.start().await?;
+        Ok(Farm { root, workers: handles, config: FarmConfig { workers, ..config } })
+    }
+
+    /// The workers, for messages other than the farm's tasks.
+    pub fn workers(&self) -> &[Supervised<A>] {
+        &self.workers
+    }
+
+    /// Maps every input to its result, in input order; stops at the first failed task.
+    ///
+    /// # Errors
+    /// The first [`TaskError`]; tasks still running are abandoned.
+    pub async fn map<M, I>(&self, inputs: I) -> Result<Vec<M::Result>, TaskError>
+    where
+        I: IntoIterator<Item = M>,
+        M: RemoteMessage + Clone,
+        A: Handles<Batch<M>>,
+    {
+        let mut results: Vec<Option<M::Result>> = Vec::new();
+        let mut first_error = None;
+        self.for_each(inputs, |index, result| match result {
+            Ok(value) => {
+                if results.len() <= index {
+                    results.resize_with(index + 1, || None);
+                }
+                results[index] = Some(value);
+                ControlFlow::Continue(())
+            }
+            Err(error) => {
+                first_error = Some(error);
+                ControlFlow::Break(())
+            }
+        })
+        .await;
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(results.into_iter().map(|r| r.expect("every task reported once")).collect()),
+        }
+    }
+
+    /// Maps every input, collecting results and errors alike, in input order.
+    pub async fn map_all<M, I>(&self, inputs: I) -> Vec<Result<M::Result, TaskError>>
+    where
+        I: IntoIterator<Item = M>,
+        M: RemoteMessage + Clone,
+        A: Handles<Batch<M>>,
+    {
+        let mut results: Vec<Option<Result<M::Result, TaskError>>> = Vec::new();
+        self.for_each(inputs, |index, result| {
+            if results.len() <= index {
+                results.resize_with(index + 1, || None);
+            }
+            results[index] = Some(result);
+            ControlFlow::Continue(())
+        })
+        .await;
+        results.into_iter().map(|r| r.expect("every task reported once")).collect()
+    }
+
+    /// Runs every input and hands each result to `sink` as it completes, with its input index.
+    /// Memory stays bounded whatever the number of inputs. `sink` may stop the run.
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops dispatch; batches in flight finish in the workers and their
+    /// results are discarded. The workers stay up.
+    pub async fn for_each<M, I, F>(&self, inputs: I, sink: F) -> Summary
+    where
+        I: IntoIterator<Item = M>,
+        M: RemoteMessage + Clone,
+        A: Handles<Batch<M>>,
+        F: FnMut(usize, Result<M::Result, TaskError>) -> ControlFlow<()>,
+    {
+        Run::new(self, inputs.into_iter(), sink).go().await
+    }
+
+    /// Stops every worker in order and waits until they are reaped.
+    ///
+    /// # Errors
+    /// [`SupervisorError::GaveUp`] if workers crashed too often and the farm gave up before.
+    pub async fn shutdown(self) -> Result<(), SupervisorError> {
+        self.root.shutdown().await
+    }
+}
+
+impl<A: ProcessActor> Drop for Farm<A> {
+    fn drop(&mut self) {
+        self.root.shutdown_in_background();
+    }
+}
+
+/// One task out: its input index, the task (kept for a retry), and how often it was sent.
+struct Out<M> {
+    index: usize,
+    task: M,
+    sends: u32,
+}
+
+/// The state of one `for_each` run.
+struct Run<'f, A: ProcessActor, M, I, F> {
+    farm: &'f Farm<A>,
+    inputs: std::iter::Enumerate<I>,
+    retry: VecDeque<Out<M>>,
+    sink: F,
+    load: Vec<usize>,
+    batch: usize,
+    per_task: Option<f64>,
+    summary: Summary,
+    progress: indicatif::ProgressBar,
+}
+
+impl<'f, A, M, I, F> Run<'f, A, M, I, F>
+where
+    A: ProcessActor + Handles<Batch<M>>,
+    M: RemoteMessage + Clone,
+    I: Iterator<Item = M>,
+    F: FnMut(usize, Result<M::Result, TaskError>) -> ControlFlow<()>,
+{
+    fn new(farm: &'f Farm<A>, inputs: I, sink: F) -> Self {
+        let batch = match farm.config.batch {
+            BatchSize::Auto => 1,
+            BatchSize::Fixed(n) => n.max(1),
+        };
+        let progress = progress_bar(farm.config.progress, inputs.size_hint());
+        Run {
+            load: vec![0; farm.workers.len()],
+            farm,
+            inputs: inputs.enumerate(),
+            retry: VecDeque::new(),
+            sink,
+            batch,
+            per_task: None,
+            summary: Summary::default(),
+            progress,
+        }
+    }
+
+    async fn go(mut self) -> Summary {
+        let mut running = FuturesUnordered::new();
+        loop {
+            while !self.summary.stopped {
+                let Some(worker) = self.idle_worker() else { break };
+                let tasks = self.next_batch();
+                if tasks.is_empty() {
+                    break;
+                }
+                self.load[worker] += 1;
+                let batch = Batch { tasks: tasks.iter().map(|t| t.task.clone()).collect() };
+                let call = self.farm.workers[worker].send(batch);
+                running.push(async move {
+                    let started = Instant::now();
+                    let result = call.await;
+                    (worker, tasks, result, started.elapsed())
+                });
+            }
+            let Some((worker, tasks, result, elapsed)) = running.next().await else { break };
+            self.load[worker] -= 1;
+            self.settle(tasks, result, elapsed);
+            if self.summary.stopped {
+                break;
+            }
+        }
+        self.progress.finish_and_clear();
+        self.summary
+    }
+
+    /// The least loaded worker with room for another batch.
+    fn idle_worker(&self) -> Option<usize> {
+        (0..self.load.len()).filter(|w| self.load[*w] < self.farm.config.in_flight).min_by_key(|w| self.load[*w])
+    }
+
+    /// Retries go alone, so that a task that kills its worker takes nothing else down with it.
+    fn next_batch(&mut self) -> Vec<Out<M>> {
+        if let Some(retry) = self.retry.pop_front() {
+            return vec![retry];
+        }
+        let size = self.batch_size();
+        self.inputs.by_ref().take(size).map(|(index, task)| Out { index, task, sends: 0 }).collect()
+    }
+
+    fn batch_size(&self) -> usize {
+        if let BatchSize::Fixed(n) = self.farm.config.batch {
+            return n.max(1);
+        }
+        // Leave a few batches per worker at the end, so that none sits idle while one finishes.
+        let slots = self.farm.workers.len() * self.farm.config.in_flight * 4;
+        let remaining = self.inputs.size_hint().0;
+        let balanced = if remaining > 0 { remaining.div_ceil(slots) } else { MAX_BATCH };
+        self.batch.min(balanced).clamp(1, MAX_BATCH)
+    }
+
+    fn settle(&mut self, tasks: Vec<Out<M>>, result: Result<Vec<Result<M::Result, Failure>>, CallError>, elapsed: Duration) {
+        match result {
+            Ok(results) => {
+                self.learn(tasks.len(), elapsed);
+                for (out, result) in tasks.into_iter().zip(results) {
+                    let result = result.map_err(|failure| task_failure(out.index, failure));
+                    self.deliver(out.index, result);
+                }
+            }
+            Err(CallError::Exited(exit)) => {
+                for mut out in tasks {
+                    out.sends += 1;
+                    if out.sends <= self.farm.config.retries {
+                        self.retry.push_back(out);
+                    } else {
+                        let error = TaskError::WorkerDied { index: out.index, exit: exit.clone(), attempts: out.sends };
+                        self.deliver(out.index, Err(error));
+                    }
+                }
+            }
+            Err(error) => {
+                for out in tasks {
+                    self.deliver(out.index, Err(TaskError::Failed { index: out.index, error: error.clone() }));
+                }
+            }
+        }
+    }
+
+    /// Grows or shrinks the automatic batch size from a batch's round trip.
+    fn learn(&mut self, tasks: usize, elapsed: Duration) {
+        if self.farm.config.batch != BatchSize::Auto || tasks == 0 {
+            return;
+        }
+        let sample = elapsed.as_secs_f64() / tasks as f64;
+        let per_task = self.per_task.map_or(sample, |avg| 0.7 * avg + 0.3 * sample);
+        self.per_task = Some(per_task);
+        let wanted = (BATCH_TARGET.as_secs_f64() / per_task.max(1e-9)) as usize;
+        self.batch = wanted.clamp(1, MAX_BATCH).min(self.batch.saturating_mul(4).max(2));
+    }
+
+    fn deliver(&mut self, index: usize, result: Result<M::Result, TaskError>) {
+        self.progress.inc(1);
+        match &result {
+            Ok(_) => self.summary.succeeded += 1,
+            Err(_) => self.summary.failed += 1,
+        }
+        if (self.sink)(index, result).is_break() {
+            self.summary.stopped = true;
+        }
+    }
+}
+
+fn task_failure(index: usize, failure: Failure) -> TaskError {
+    match failure {
+        Failure::Panicked { message, backtrace } => TaskError::Panicked { index, message, backtrace },
+        Failure::Decode { what, detail } => TaskError::Failed { index, error: CallError::Decode { what, detail } },
+        Failure::Error { message } => TaskError::Failed { index, error: CallError::Failed(message) },
+    }
+}
+
+/// A bar on stderr when it is a terminal (indicatif hides it otherwise), with rate and ETA.
+fn progress_bar(enabled: bool, size_hint: (usize, Option<usize>)) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match size_hint.1 {
+        Some(len) => indicatif::ProgressBar::new(len as u64),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    let style = indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} tasks  {per_sec}  eta {eta}  {elapsed_precise}",
+    );
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar
+}
