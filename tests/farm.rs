@@ -1,0 +1,166 @@
+//! Worker farms map tasks over real worker processes: ordered results, bounded memory, panics
+//! and crashes reported per task, lost tasks retried once each, cancellation.
+
+use ensemble::farm::{BatchSize, Farm, FarmConfig, TaskError};
+use ensemble::prelude::*;
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(handles(Pid), batches(Task))]
+struct Worker;
+
+#[derive(Clone, Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u64")]
+enum Task {
+    Square(u64),
+    Panic(u64),
+    Abort,
+    Sleep(u64),
+}
+
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u32")]
+struct Pid;
+
+impl ProcessHandler<Task> for Worker {
+    fn handle(&mut self, task: Task, _: &mut ProcessContext<Self>) -> u64 {
+        match task {
+            Task::Square(n) => n * n,
+            Task::Panic(n) => panic!("task {n} refuses"),
+            Task::Abort => std::process::abort(),
+            Task::Sleep(ms) => {
+                std::thread::sleep(Duration::from_millis(ms));
+                ms
+            }
+        }
+    }
+}
+
+impl ProcessHandler<Pid> for Worker {
+    fn handle(&mut self, _: Pid, ctx: &mut ProcessContext<Self>) -> u32 {
+        ctx.pid()
+    }
+}
+
+fn config(workers: usize) -> FarmConfig {
+    FarmConfig { workers, progress: false, ..FarmConfig::default() }
+}
+
+async fn farm(config: FarmConfig) -> Farm<Worker> {
+    within(20, Farm::start(config, |_| Worker)).await.unwrap()
+}
+
+async fn within<F: std::future::Future>(secs: u64, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), future).await.expect("timed out")
+}
+
+#[actix_rt::test]
+async fn map_returns_every_result_in_input_order() {
+    let farm = farm(config(2)).await;
+    let squares = within(60, farm.map((0..20_000).map(Task::Square))).await.unwrap();
+    assert_eq!(squares.len(), 20_000);
+    assert!(squares.iter().enumerate().all(|(i, s)| *s == (i * i) as u64));
+    within(20, farm.shutdown()).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_million_tiny_inputs_are_pulled_only_as_fast_as_they_complete() {
+    let farm = farm(config(2)).await;
+    let (pulled, done, worst) = (Cell::new(0usize), Cell::new(0usize), Cell::new(0usize));
+    let inputs = (0..1_000_000u64).map(|n| {
+        pulled.set(pulled.get() + 1);
+        worst.set(worst.get().max(pulled.get() - done.get()));
+        Task::Square(n % 1000)
+    });
+    let summary = within(300, farm.for_each(inputs, |_, result| {
+        result.unwrap();
+        done.set(done.get() + 1);
+        ControlFlow::Continue(())
+    }))
+    .await;
+    assert_eq!((summary.succeeded, summary.failed), (1_000_000, 0));
+    // 2 workers x 2 batches in flight x at most 4096 tasks per batch.
+    assert!(worst.get() <= 2 * 2 * 4096, "{} inputs were pulled ahead of their results", worst.get());
+    within(20, farm.shutdown()).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_panicking_task_fails_alone_with_its_index_and_backtrace() {
+    let farm = farm(FarmConfig { batch: BatchSize::Fixed(8), ..config(2) }).await;
+    let tasks = (0..100).map(|i| if i == 42 { Task::Panic(i) } else { Task::Square(i) });
+    let results = within(60, farm.map_all(tasks)).await;
+    for (i, result) in results.iter().enumerate() {
+        match (i, result) {
+            (42, Err(TaskError::Panicked { index, message, backtrace })) => {
+                assert_eq!((*index, message.as_str()), (42, "task 42 refuses"));
+                assert!(backtrace.contains("farm.rs"), "{backtrace}");
+            }
+            (_, Ok(square)) => assert_eq!(*square, (i * i) as u64),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let first = within(60, farm.map((0..100).map(|i| if i == 42 { Task::Panic(i) } else { Task::Square(i) }))).await;
+    assert_eq!(first.unwrap_err().index(), 42);
+    within(20, farm.shutdown()).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn tasks_lost_with_a_killed_worker_are_retried_and_reported_once() {
+    let farm = farm(FarmConfig { batch: BatchSize::Fixed(1), ..config(2) }).await;
+    let victim = within(10, farm.workers()[0].up()).await.unwrap();
+    let mut seen = HashSet::new();
+    let mut killed = false;
+    let summary = within(60, farm.for_each((0..60).map(|_| Task::Sleep(10)), |index, result| {
+        assert_eq!(result.unwrap(), 10);
+        assert!(seen.insert(index), "task {index} reported twice");
+        if !killed && seen.len() == 10 {
+            killed = victim.kill();
+        }
+        ControlFlow::Continue(())
+    }))
+    .await;
+    assert!(killed);
+    assert_eq!((summary.succeeded, summary.failed), (60, 0));
+    assert_eq!(seen.len(), 60, "no result lost");
+    within(20, farm.shutdown()).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_task_that_always_kills_its_worker_fails_after_its_retries() {
+    let farm = farm(FarmConfig { retries: 2, batch: BatchSize::Fixed(4), ..config(2) }).await;
+    let tasks = (0..20).map(|i| if i == 7 { Task::Abort } else { Task::Square(i) });
+    let results = within(60, farm.map_all(tasks)).await;
+    match &results[7] {
+        Err(TaskError::WorkerDied { index: 7, exit, attempts: 3 }) => assert_eq!(exit.signal(), Some(libc::SIGABRT)),
+        other => panic!("expected the task to be given up, got {other:?}"),
+    }
+    for (i, result) in results.iter().enumerate().filter(|(i, _)| *i != 7) {
+        assert_eq!(*result.as_ref().unwrap(), (i * i) as u64, "task {i} was not taken down with task 7");
+    }
+    within(20, farm.shutdown()).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn stopping_early_keeps_the_farm_usable_and_dropping_it_stops_the_workers() {
+    let farm = farm(config(2)).await;
+    let summary = within(60, farm.for_each((0..1000).map(|_| Task::Sleep(1)), |_, _| ControlFlow::Break(()))).await;
+    assert!(summary.stopped);
+    assert_eq!(summary.succeeded, 1);
+    assert_eq!(within(60, farm.map((0..10).map(Task::Square))).await.unwrap()[3], 9);
+    let pids: Vec<u32> = futures::future::join_all(farm.workers().iter().map(|w| w.send(Pid)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    drop(farm);
+    for pid in pids {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(std::time::Instant::now() < deadline, "worker {pid} outlived its farm");
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
