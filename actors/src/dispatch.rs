@@ -143,10 +143,39 @@ pub(crate) fn install_panic_hook() {
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
         let backtrace = std::backtrace::Backtrace::force_capture();
         tracing::error!("panicked at {location}: {message}");
+        let backtrace = without_panic_machinery(&backtrace.to_string());
         LAST_PANIC.with(|last| {
             *last.borrow_mut() = Some((message, format!("panicked at {location}\n{backtrace}")));
         });
     }));
+}
+
+/// Drops the leading frames of a backtrace that belong to the panic machinery (the hook, std's
+/// and core's panicking functions), so that it starts at the code that panicked.
+fn without_panic_machinery(backtrace: &str) -> String {
+    let is_frame_start = |line: &str| {
+        let t = line.trim_start();
+        t.split_once(':').is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let machinery =
+        ["install_panic_hook", "std::panicking", "core::panicking", "rust_begin_unwind", "__rust_end_short_backtrace"];
+    let lines: Vec<&str> = backtrace.lines().collect();
+    // Everything up to the last machinery frame before the first frame of other code that
+    // follows the unwinding entry point (later `std::panicking` frames are catch_unwind's).
+    let mut cut = 0;
+    let mut unwinding = false;
+    for (i, line) in lines.iter().enumerate().filter(|(_, l)| is_frame_start(l)) {
+        if machinery.iter().any(|m| line.contains(m)) {
+            unwinding |= line.contains("rust_begin_unwind") || line.contains("core::panicking");
+            cut = i + 1;
+            while lines.get(cut).is_some_and(|l| !is_frame_start(l)) {
+                cut += 1; // its "at file:line"
+            }
+        } else if unwinding {
+            break;
+        }
+    }
+    lines[cut..].join("\n")
 }
 
 /// Turns a caught panic into the failure reported to the caller.
@@ -155,6 +184,23 @@ pub(crate) fn panic_failure(payload: Box<dyn Any + Send>) -> Failure {
     let (message, backtrace) =
         recorded.unwrap_or_else(|| (payload_message(payload.as_ref()), String::from("(no backtrace)")));
     Failure::Panicked { message, backtrace }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_panic_machinery;
+
+    #[test]
+    fn the_backtrace_starts_at_the_code_that_panicked() {
+        let raw = "   0: ensemble_actors::dispatch::install_panic_hook::{{closure}}\n             at ./actors/src/dispatch.rs:144:25\n   1: std::panicking::panic_with_hook\n   2: core::panicking::panic_fmt\n             at /rustc/core/src/panicking.rs:80:14\n   3: my_crate::parse\n             at ./src/lib.rs:7:5\n   4: main";
+        assert_eq!(without_panic_machinery(raw), "   3: my_crate::parse\n             at ./src/lib.rs:7:5\n   4: main");
+    }
+
+    #[test]
+    fn a_backtrace_without_machinery_is_kept_whole() {
+        let raw = "   0: a\n   1: b";
+        assert_eq!(without_panic_machinery(raw), raw);
+    }
 }
 
 fn payload_message(payload: &(dyn Any + Send)) -> String {
