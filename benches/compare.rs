@@ -17,8 +17,15 @@
 //! `restart_latency` times a supervised child from its SIGKILL to the first successful call on
 //! its new incarnation, against `spawn_stop`'s fresh spawn + first reply + stop.
 //!
+//! `farm_tiny_tasks` maps 100,000 trivial tasks over 2 workers against two hand-written
+//! request/reply loops over raw ipc-channel children. `weather_hours` is seed 003's workload at
+//! 1e6 x 16 (warm map phase, and `weather_hours_cold`: the whole job) against Python's
+//! `multiprocessing.Pool(2)` with numpy (`benches/python/weather_hours.py`; skipped without
+//! python3 and numpy).
+//!
 //! Writes the table to stdout and the rows to `target/ensemble-compare.json`.
 
+use ensemble::farm::{Farm, FarmConfig};
 use ensemble::prelude::*;
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
 use std::process::{Child, Command};
@@ -30,6 +37,64 @@ use std::time::Instant;
 #[actor(handles(Ping, Note))]
 struct Echo {
     notes: u64,
+}
+
+/// A farm worker for tiny tasks.
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(batches(Tiny))]
+struct TinyWorker;
+
+#[derive(Clone, Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u64")]
+struct Tiny(u64);
+
+impl ProcessHandler<Tiny> for TinyWorker {
+    fn handle(&mut self, Tiny(n): Tiny, _: &mut ProcessContext<Self>) -> u64 {
+        n + 1
+    }
+}
+
+// ---------------------------------------------------------------- seed 003's workload
+
+const HOURS: usize = 8760;
+const COLUMNS: usize = 16;
+
+/// The `weather_hours` example's worker, repeated here: examples and benches share no code.
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(batches(Hour))]
+struct Station {
+    data: SharedSlice<f64>,
+}
+
+#[derive(Clone, Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "(f64, f64)")]
+struct Hour(usize);
+
+impl ProcessHandler<Hour> for Station {
+    fn handle(&mut self, Hour(hour): Hour, _: &mut ProcessContext<Self>) -> (f64, f64) {
+        let rows = self.data.len() / COLUMNS;
+        let (first, last) = (hour * rows / HOURS, (hour + 1) * rows / HOURS);
+        let mut sums = [0.0f64; COLUMNS];
+        let mut maxes = [f64::NEG_INFINITY; COLUMNS];
+        for row in self.data[first * COLUMNS..last * COLUMNS].chunks_exact(COLUMNS) {
+            for c in 0..COLUMNS {
+                sums[c] += row[c];
+                if row[c] > maxes[c] {
+                    maxes[c] = row[c];
+                }
+            }
+        }
+        let max = maxes.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (sums.iter().sum::<f64>() / (last - first).max(1) as f64, max)
+    }
+}
+
+fn weather_input(rows: usize) -> SharedSlice<f64> {
+    let mut data = SharedSliceMut::<f64>::new(rows * COLUMNS).unwrap();
+    for (i, x) in data.iter_mut().enumerate() {
+        *x = ((i * 7919) % 1000) as f64 / 10.0 - 20.0;
+    }
+    data.freeze().unwrap()
 }
 
 /// Makes segments ahead of time and hands them over on request.
@@ -400,6 +465,109 @@ fn handover_small(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
     Row { scenario: "handover_small".into(), ensemble: ens, baseline: base, target: 3.0 }
 }
 
+/// 100,000 trivial tasks over 2 workers: the farm against two threads each running a
+/// request/reply loop with its own raw ipc-channel child.
+fn farm_tiny_tasks(rt: &actix_rt::SystemRunner, reps: usize) -> Row {
+    const TASKS: usize = 100_000;
+    let config = FarmConfig { workers: 2, progress: false, ..FarmConfig::default() };
+    let farm = rt.block_on(Farm::start(config, |_| TinyWorker)).unwrap();
+    let raws = [std::sync::Mutex::new(Raw::start(0)), std::sync::Mutex::new(Raw::start(1))];
+    let (ens, base) = interleave(
+        reps,
+        || {
+            let start = Instant::now();
+            let results = rt.block_on(farm.map((0..TASKS as u64).map(Tiny))).unwrap();
+            assert_eq!(results[TASKS - 1], TASKS as u64);
+            per_op(start, TASKS)
+        },
+        || {
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for (w, raw) in raws.iter().enumerate() {
+                    scope.spawn(move || {
+                        let raw = raw.lock().unwrap();
+                        for i in (w..TASKS).step_by(2) {
+                            assert_eq!(raw.call(i as u64), i as u64);
+                        }
+                    });
+                }
+            });
+            per_op(start, TASKS)
+        },
+    );
+    rt.block_on(farm.shutdown()).unwrap();
+    for raw in raws {
+        raw.into_inner().unwrap().stop();
+    }
+    Row { scenario: "farm_tiny_tasks".into(), ensemble: ens, baseline: base, target: 1.0 }
+}
+
+/// The Python side of `weather_hours`, when python3 with numpy is there.
+fn python_weather(rows: usize, reps: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python/weather_hours.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .args([rows.to_string(), "2".into(), reps.to_string()])
+        .env_remove(ROLE)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let numbers = |key: &str| -> Option<Vec<f64>> {
+        let at = text.find(&format!("\"{key}\": ["))? + key.len() + 5;
+        let list = &text[at..at + text[at..].find(']')?];
+        list.split(',').map(|n| n.trim().parse().ok()).collect()
+    };
+    if text.contains("skipped") || !output.status.success() {
+        println!("weather_hours: Python side skipped ({})", text.trim().trim_matches(['{', '}']));
+        return None;
+    }
+    Some((numbers("map_ns")?, numbers("cold_ns")?))
+}
+
+/// Seed 003 at 1e6 x 16: the warm map phase, and the whole job cold, against Python.
+fn weather_hours(rt: &actix_rt::SystemRunner, reps: usize) -> Vec<Row> {
+    const ROWS: usize = 1_000_000;
+    let Some((python_map, python_cold)) = python_weather(ROWS, reps) else { return Vec::new() };
+    let config = || FarmConfig { workers: 2, progress: false, ..FarmConfig::default() };
+    let input = weather_input(ROWS);
+    let shared = input.clone();
+    let farm = rt.block_on(Farm::start(config(), move |_| Station { data: shared.clone() })).unwrap();
+    rt.block_on(farm.map((0..HOURS).map(Hour))).unwrap(); // workers up, input mapped and touched
+    let warm: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            assert_eq!(rt.block_on(farm.map((0..HOURS).map(Hour))).unwrap().len(), HOURS);
+            per_op(start, 1)
+        })
+        .collect();
+    rt.block_on(farm.shutdown()).unwrap();
+    drop(input);
+    let cold: Vec<f64> = (0..python_cold.len())
+        .map(|_| {
+            let start = Instant::now();
+            let input = weather_input(ROWS);
+            let farm = rt.block_on(Farm::start(config(), move |_| Station { data: input.clone() })).unwrap();
+            assert_eq!(rt.block_on(farm.map((0..HOURS).map(Hour))).unwrap().len(), HOURS);
+            rt.block_on(farm.shutdown()).unwrap();
+            per_op(start, 1)
+        })
+        .collect();
+    vec![
+        Row {
+            scenario: "weather_hours".into(),
+            ensemble: stats(warm),
+            baseline: stats(python_map),
+            target: 0.1,
+        },
+        Row {
+            scenario: "weather_hours_cold".into(),
+            ensemble: stats(cold),
+            baseline: stats(python_cold),
+            target: 1.0,
+        },
+    ]
+}
+
 /// Adds the row named after the scenario, carrying the worse of its two placements.
 fn worst_of(rows: &mut Vec<Row>, scenario: &str) {
     let worst = rows
@@ -482,9 +650,14 @@ fn main() {
         Plan { reps: 41, calls: 5_000, casts: 20_000, spawns: 20 }
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Pin the main thread (the actix system runs on it) before anything starts threads.
-    ensemble::runtime::pin_to_cpu(0).expect("pin the parent to CPU 0");
     let rt = actix_rt::System::new();
+    // Throughput over all CPUs first, unpinned: the first spawn also starts ensemble's launcher
+    // thread, whose CPU mask every later child inherits unless it is pinned explicitly.
+    let mut farm_rows = vec![farm_tiny_tasks(&rt, if quick { 3 } else { 9 })];
+    farm_rows.extend(weather_hours(&rt, if quick { 3 } else { 9 }));
+    // Then the latency scenarios: the parent's main thread (the actix system runs on it, and the
+    // reader threads it starts inherit its mask) on CPU 0, children pinned as each scenario says.
+    ensemble::runtime::pin_to_cpu(0).expect("pin the parent to CPU 0");
     let mut rows = Vec::new();
     let mut placements = vec![("same-cpu", 0)];
     if cpus > 1 {
@@ -502,6 +675,7 @@ fn main() {
     let big_reps = if quick { 3 } else { 7 };
     rows.push(handover(&rt, big_reps, 64 << 20, "handover_64MiB", 0.05));
     rows.push(handover(&rt, big_reps, 1 << 30, "handover_1GiB", 0.005));
+    rows.extend(farm_rows);
     print_table(&rows);
     let median_of = |name: &str| rows.iter().find(|r| r.scenario == name).map(|r| r.ensemble.median);
     if let (Some(small), Some(big)) = (median_of("handover_64MiB"), median_of("handover_1GiB")) {

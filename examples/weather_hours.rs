@@ -75,7 +75,10 @@ async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let rows = argument("--rows").unwrap_or(if quick { 100_000 } else { 1_000_000 });
     let workers = argument("--workers").unwrap_or_else(|| FarmConfig::default().workers);
-    println!("{HOURS} hourly tasks over {rows} x {COLUMNS} float64 ({:.0} MB), {workers} workers", (rows * COLUMNS * 8) as f64 / 1e6);
+    println!(
+        "{HOURS} hourly tasks over {rows} x {COLUMNS} float64 ({:.0} MB), {workers} workers",
+        (rows * COLUMNS * 8) as f64 / 1e6
+    );
 
     let t = Instant::now();
     let mut data = SharedSliceMut::<f64>::new(rows * COLUMNS)?;
@@ -88,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
 
     let t = Instant::now();
     let input = data.clone();
-    let farm = Farm::start(FarmConfig { workers, ..FarmConfig::default() }, move |_| Station { data: input.clone() }).await?;
+    let farm = Farm::start(FarmConfig { workers, ..FarmConfig::default() }, move |_| Station {
+        data: input.clone(),
+    })
+    .await?;
     let start = t.elapsed();
 
     let t = Instant::now();
@@ -116,7 +122,14 @@ async fn main() -> anyhow::Result<()> {
     println!("first map   {:>9.1} ms   (each worker faults in the pages it reads)", ms(first_map));
     println!("map         {:>9.1} ms   {:.0} tasks/s", ms(map), HOURS as f64 / map.as_secs_f64());
     println!("stop farm   {:>9.1} ms", ms(stop));
-    println!("one process {:>9.1} ms   speed-up of the map phase: {:.2}x", ms(single), single.as_secs_f64() / map.as_secs_f64());
-    println!("hour 0: mean row sum {:.3}, max {:.1}; results identical to the single-process run", summaries[0].mean_row_sum, summaries[0].max);
+    println!(
+        "one process {:>9.1} ms   speed-up of the map phase: {:.2}x",
+        ms(single),
+        single.as_secs_f64() / map.as_secs_f64()
+    );
+    println!(
+        "hour 0: mean row sum {:.3}, max {:.1}; results identical to the single-process run",
+        summaries[0].mean_row_sum, summaries[0].max
+    );
     Ok(())
 }

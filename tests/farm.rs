@@ -75,11 +75,14 @@ async fn a_million_tiny_inputs_are_pulled_only_as_fast_as_they_complete() {
         worst.set(worst.get().max(pulled.get() - done.get()));
         Task::Square(n % 1000)
     });
-    let summary = within(300, farm.for_each(inputs, |_, result| {
-        result.unwrap();
-        done.set(done.get() + 1);
-        ControlFlow::Continue(())
-    }))
+    let summary = within(
+        300,
+        farm.for_each(inputs, |_, result| {
+            result.unwrap();
+            done.set(done.get() + 1);
+            ControlFlow::Continue(())
+        }),
+    )
     .await;
     assert_eq!((summary.succeeded, summary.failed), (1_000_000, 0));
     // 2 workers x 2 batches in flight x at most 4096 tasks per batch.
@@ -102,7 +105,8 @@ async fn a_panicking_task_fails_alone_with_its_index_and_backtrace() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    let first = within(60, farm.map((0..100).map(|i| if i == 42 { Task::Panic(i) } else { Task::Square(i) }))).await;
+    let first =
+        within(60, farm.map((0..100).map(|i| if i == 42 { Task::Panic(i) } else { Task::Square(i) }))).await;
     assert_eq!(first.unwrap_err().index(), 42);
     within(20, farm.shutdown()).await.unwrap();
 }
@@ -113,14 +117,17 @@ async fn tasks_lost_with_a_killed_worker_are_retried_and_reported_once() {
     let victim = within(10, farm.workers()[0].up()).await.unwrap();
     let mut seen = HashSet::new();
     let mut killed = false;
-    let summary = within(60, farm.for_each((0..60).map(|_| Task::Sleep(10)), |index, result| {
-        assert_eq!(result.unwrap(), 10);
-        assert!(seen.insert(index), "task {index} reported twice");
-        if !killed && seen.len() == 10 {
-            killed = victim.kill();
-        }
-        ControlFlow::Continue(())
-    }))
+    let summary = within(
+        60,
+        farm.for_each((0..60).map(|_| Task::Sleep(10)), |index, result| {
+            assert_eq!(result.unwrap(), 10);
+            assert!(seen.insert(index), "task {index} reported twice");
+            if !killed && seen.len() == 10 {
+                killed = victim.kill();
+            }
+            ControlFlow::Continue(())
+        }),
+    )
     .await;
     assert!(killed);
     assert_eq!((summary.succeeded, summary.failed), (60, 0));
@@ -134,7 +141,9 @@ async fn a_task_that_always_kills_its_worker_fails_after_its_retries() {
     let tasks = (0..20).map(|i| if i == 7 { Task::Abort } else { Task::Square(i) });
     let results = within(60, farm.map_all(tasks)).await;
     match &results[7] {
-        Err(TaskError::WorkerDied { index: 7, exit, attempts: 3 }) => assert_eq!(exit.signal(), Some(libc::SIGABRT)),
+        Err(TaskError::WorkerDied { index: 7, exit, attempts: 3 }) => {
+            assert_eq!(exit.signal(), Some(libc::SIGABRT))
+        }
         other => panic!("expected the task to be given up, got {other:?}"),
     }
     for (i, result) in results.iter().enumerate().filter(|(i, _)| *i != 7) {
@@ -146,7 +155,8 @@ async fn a_task_that_always_kills_its_worker_fails_after_its_retries() {
 #[actix_rt::test]
 async fn stopping_early_keeps_the_farm_usable_and_dropping_it_stops_the_workers() {
     let farm = farm(config(2)).await;
-    let summary = within(60, farm.for_each((0..1000).map(|_| Task::Sleep(1)), |_, _| ControlFlow::Break(()))).await;
+    let summary =
+        within(60, farm.for_each((0..1000).map(|_| Task::Sleep(1)), |_, _| ControlFlow::Break(()))).await;
     assert!(summary.stopped);
     assert_eq!(summary.succeeded, 1);
     assert_eq!(within(60, farm.map((0..10).map(Task::Square))).await.unwrap()[3], 9);

@@ -68,7 +68,12 @@ where
 ///
 /// # Errors
 /// A [`Failure`] when the batch does not decode.
-pub fn batch_entry<A, M>(state: &mut A, body: &[u8], ctx: &mut ProcessContext<A>, delivery: Delivery) -> Outcome
+pub fn batch_entry<A, M>(
+    state: &mut A,
+    body: &[u8],
+    ctx: &mut ProcessContext<A>,
+    delivery: Delivery,
+) -> Outcome
 where
     A: ProcessHandler<M>,
     M: RemoteMessage,
@@ -77,7 +82,9 @@ where
     let results: Vec<Result<M::Result, Failure>> = batch
         .tasks
         .into_iter()
-        .map(|task| std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(task, ctx))).map_err(panic_failure))
+        .map(|task| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(task, ctx))).map_err(panic_failure)
+        })
         .collect();
     encode_reply::<crate::farm::Batch<M>>(delivery.id, &results)
 }
@@ -157,8 +164,13 @@ fn without_panic_machinery(backtrace: &str) -> String {
         let t = line.trim_start();
         t.split_once(':').is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
-    let machinery =
-        ["install_panic_hook", "std::panicking", "core::panicking", "rust_begin_unwind", "__rust_end_short_backtrace"];
+    let machinery = [
+        "install_panic_hook",
+        "std::panicking",
+        "core::panicking",
+        "rust_begin_unwind",
+        "__rust_end_short_backtrace",
+    ];
     let lines: Vec<&str> = backtrace.lines().collect();
     // Everything up to the last machinery frame before the first frame of other code that
     // follows the unwinding entry point (later `std::panicking` frames are catch_unwind's).
@@ -186,23 +198,6 @@ pub(crate) fn panic_failure(payload: Box<dyn Any + Send>) -> Failure {
     Failure::Panicked { message, backtrace }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::without_panic_machinery;
-
-    #[test]
-    fn the_backtrace_starts_at_the_code_that_panicked() {
-        let raw = "   0: ensemble_actors::dispatch::install_panic_hook::{{closure}}\n             at ./actors/src/dispatch.rs:144:25\n   1: std::panicking::panic_with_hook\n   2: core::panicking::panic_fmt\n             at /rustc/core/src/panicking.rs:80:14\n   3: my_crate::parse\n             at ./src/lib.rs:7:5\n   4: main";
-        assert_eq!(without_panic_machinery(raw), "   3: my_crate::parse\n             at ./src/lib.rs:7:5\n   4: main");
-    }
-
-    #[test]
-    fn a_backtrace_without_machinery_is_kept_whole() {
-        let raw = "   0: a\n   1: b";
-        assert_eq!(without_panic_machinery(raw), raw);
-    }
-}
-
 fn payload_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -210,5 +205,25 @@ fn payload_message(payload: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         String::from("(a panic payload that is not a string)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_panic_machinery;
+
+    #[test]
+    fn the_backtrace_starts_at_the_code_that_panicked() {
+        let raw = "   0: ensemble_actors::dispatch::install_panic_hook::{{closure}}\n             at ./actors/src/dispatch.rs:144:25\n   1: std::panicking::panic_with_hook\n   2: core::panicking::panic_fmt\n             at /rustc/core/src/panicking.rs:80:14\n   3: my_crate::parse\n             at ./src/lib.rs:7:5\n   4: main";
+        assert_eq!(
+            without_panic_machinery(raw),
+            "   3: my_crate::parse\n             at ./src/lib.rs:7:5\n   4: main"
+        );
+    }
+
+    #[test]
+    fn a_backtrace_without_machinery_is_kept_whole() {
+        let raw = "   0: a\n   1: b";
+        assert_eq!(without_panic_machinery(raw), raw);
     }
 }

@@ -144,9 +144,9 @@ impl TaskError {
     /// The input index of the task.
     pub fn index(&self) -> usize {
         match self {
-            TaskError::Panicked { index, .. } | TaskError::WorkerDied { index, .. } | TaskError::Failed { index, .. } => {
-                *index
-            }
+            TaskError::Panicked { index, .. }
+            | TaskError::WorkerDied { index, .. }
+            | TaskError::Failed { index, .. } => *index,
         }
     }
 }
@@ -167,6 +167,8 @@ pub struct Farm<A: ProcessActor> {
     root: SupervisorHandle,
     workers: Vec<Supervised<A>>,
     config: FarmConfig,
+    /// Seconds per task learned by earlier runs, to size the first batches of the next one.
+    per_task: std::sync::Mutex<Option<f64>>,
 }
 
 /// How long an automatic batch aims to take in the worker.
@@ -194,7 +196,12 @@ impl<A: ProcessActor> Farm<A> {
             })
             .collect();
         let root = supervisor.start().await?;
-        Ok(Farm { root, workers: handles, config: FarmConfig { workers, ..config } })
+        Ok(Farm {
+            root,
+            workers: handles,
+            config: FarmConfig { workers, ..config },
+            per_task: Default::default(),
+        })
     }
 
     /// The workers, for messages other than the farm's tasks.
@@ -312,9 +319,11 @@ where
     F: FnMut(usize, Result<M::Result, TaskError>) -> ControlFlow<()>,
 {
     fn new(farm: &'f Farm<A>, inputs: I, sink: F) -> Self {
-        let batch = match farm.config.batch {
-            BatchSize::Auto => 1,
-            BatchSize::Fixed(n) => n.max(1),
+        let per_task = *farm.per_task.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = match (farm.config.batch, per_task) {
+            (BatchSize::Fixed(n), _) => n.max(1),
+            (BatchSize::Auto, Some(per_task)) => auto_batch(per_task),
+            (BatchSize::Auto, None) => 1,
         };
         let progress = progress_bar(farm.config.progress, inputs.size_hint());
         Run {
@@ -324,7 +333,7 @@ where
             retry: VecDeque::new(),
             sink,
             batch,
-            per_task: None,
+            per_task,
             summary: Summary::default(),
             progress,
         }
@@ -356,12 +365,17 @@ where
             }
         }
         self.progress.finish_and_clear();
+        if self.per_task.is_some() {
+            *self.farm.per_task.lock().unwrap_or_else(|e| e.into_inner()) = self.per_task;
+        }
         self.summary
     }
 
     /// The least loaded worker with room for another batch.
     fn idle_worker(&self) -> Option<usize> {
-        (0..self.load.len()).filter(|w| self.load[*w] < self.farm.config.in_flight).min_by_key(|w| self.load[*w])
+        (0..self.load.len())
+            .filter(|w| self.load[*w] < self.farm.config.in_flight)
+            .min_by_key(|w| self.load[*w])
     }
 
     /// Retries go alone, so that a task that kills its worker takes nothing else down with it.
@@ -384,7 +398,12 @@ where
         self.batch.min(balanced).clamp(1, MAX_BATCH)
     }
 
-    fn settle(&mut self, tasks: Vec<Out<M>>, result: Result<Vec<Result<M::Result, Failure>>, CallError>, elapsed: Duration) {
+    fn settle(
+        &mut self,
+        tasks: Vec<Out<M>>,
+        result: Result<Vec<Result<M::Result, Failure>>, CallError>,
+        elapsed: Duration,
+    ) {
         match result {
             Ok(results) => {
                 self.learn(tasks.len(), elapsed);
@@ -399,14 +418,21 @@ where
                     if out.sends <= self.farm.config.retries {
                         self.retry.push_back(out);
                     } else {
-                        let error = TaskError::WorkerDied { index: out.index, exit: exit.clone(), attempts: out.sends };
+                        let error = TaskError::WorkerDied {
+                            index: out.index,
+                            exit: exit.clone(),
+                            attempts: out.sends,
+                        };
                         self.deliver(out.index, Err(error));
                     }
                 }
             }
             Err(error) => {
                 for out in tasks {
-                    self.deliver(out.index, Err(TaskError::Failed { index: out.index, error: error.clone() }));
+                    self.deliver(
+                        out.index,
+                        Err(TaskError::Failed { index: out.index, error: error.clone() }),
+                    );
                 }
             }
         }
@@ -420,8 +446,7 @@ where
         let sample = elapsed.as_secs_f64() / tasks as f64;
         let per_task = self.per_task.map_or(sample, |avg| 0.7 * avg + 0.3 * sample);
         self.per_task = Some(per_task);
-        let wanted = (BATCH_TARGET.as_secs_f64() / per_task.max(1e-9)) as usize;
-        self.batch = wanted.clamp(1, MAX_BATCH).min(self.batch.saturating_mul(4).max(2));
+        self.batch = auto_batch(per_task).min(self.batch.saturating_mul(4).max(2));
     }
 
     fn deliver(&mut self, index: usize, result: Result<M::Result, TaskError>) {
@@ -436,10 +461,17 @@ where
     }
 }
 
+/// The batch size that takes about [`BATCH_TARGET`] at `per_task` seconds a task.
+fn auto_batch(per_task: f64) -> usize {
+    ((BATCH_TARGET.as_secs_f64() / per_task.max(1e-9)) as usize).clamp(1, MAX_BATCH)
+}
+
 fn task_failure(index: usize, failure: Failure) -> TaskError {
     match failure {
         Failure::Panicked { message, backtrace } => TaskError::Panicked { index, message, backtrace },
-        Failure::Decode { what, detail } => TaskError::Failed { index, error: CallError::Decode { what, detail } },
+        Failure::Decode { what, detail } => {
+            TaskError::Failed { index, error: CallError::Decode { what, detail } }
+        }
         Failure::Error { message } => TaskError::Failed { index, error: CallError::Failed(message) },
     }
 }

@@ -20,9 +20,9 @@ pub mod supervisor;
 pub use actor::{AsyncProcessHandler, Handles, HookError, Hooks, ProcessActor, ProcessHandler};
 pub use context::{ProcessContext, SendOutError};
 pub use error::{CallError, EventError, StopError};
+pub use farm::{Farm, FarmConfig, TaskError};
 pub use message::{NoEvents, RemoteMessage};
 pub use remote::{spawn, spawn_with, Call, Events, Remote, SpawnOptions};
-pub use farm::{Farm, FarmConfig, TaskError};
 pub use supervisor::{Supervised, Supervisor, SupervisorHandle};
 
 pub use backend::EXIT_START_FAILED;
@@ -30,6 +30,8 @@ pub use backend::EXIT_START_FAILED;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::backend::run_child;
-    pub use crate::dispatch::{async_entry, batch_entry, sync_entry, AsyncEntry, Delivery, Dispatch, Outcome, SyncEntry};
+    pub use crate::dispatch::{
+        async_entry, batch_entry, sync_entry, AsyncEntry, Delivery, Dispatch, Outcome, SyncEntry,
+    };
     pub use crate::message::NotAMessage;
 }

@@ -89,7 +89,8 @@ fn dispatch_row(actor: &syn::Ident, handled: &Handled) -> TokenStream {
 fn handles_impl(actor: &syn::Ident, tag: usize, handled: &Handled) -> TokenStream {
     let message = &handled.message;
     let tag = tag as u32;
-    let handled_type = if handled.batched { quote!(::ensemble::farm::Batch<#message>) } else { quote!(#message) };
+    let handled_type =
+        if handled.batched { quote!(::ensemble::farm::Batch<#message>) } else { quote!(#message) };
     quote_spanned! {message.span()=>
         impl ::ensemble::Handles<#handled_type> for #actor {
             const TAG: u32 = #tag;
@@ -141,14 +142,16 @@ fn reject_duplicates(handled: &mut Vec<Handled>) -> syn::Result<()> {
     let mut seen: Vec<String> = Vec::new();
     let mut errors: Option<syn::Error> = None;
     handled.retain(|h| {
-        let key = format!("{}{}", if h.batched { "batches:" } else { "" }, h.message.to_token_stream_string());
+        let key =
+            format!("{}{}", if h.batched { "batches:" } else { "" }, h.message.to_token_stream_string());
         if !seen.contains(&key) {
             seen.push(key);
             return true;
         }
         let list = if h.batched { "batches" } else { "handles" };
         let message = h.message.to_token_stream_string();
-        let error = syn::Error::new(h.message.span(), format!("`{message}` is listed twice in `{list}(...)`"));
+        let error =
+            syn::Error::new(h.message.span(), format!("`{message}` is listed twice in `{list}(...)`"));
         match &mut errors {
             Some(all) => all.combine(error),
             None => errors = Some(error),
