@@ -141,8 +141,11 @@ async fn a_task_that_always_kills_its_worker_fails_after_its_retries() {
     let tasks = (0..20).map(|i| if i == 7 { Task::Abort } else { Task::Square(i) });
     let results = within(60, farm.map_all(tasks)).await;
     match &results[7] {
-        Err(TaskError::WorkerDied { index: 7, exit, attempts: 3 }) => {
-            assert_eq!(exit.signal(), Some(libc::SIGABRT))
+        // Sent once and retried twice while running; it may also have been re-sent as a
+        // bystander of its own earlier crash (queued behind a batch to the dead process).
+        Err(TaskError::WorkerDied { index: 7, exit, attempts }) => {
+            assert_eq!(exit.signal(), Some(libc::SIGABRT));
+            assert!(*attempts >= 3, "{attempts}");
         }
         other => panic!("expected the task to be given up, got {other:?}"),
     }

@@ -36,10 +36,12 @@
 //!   out at a time, however long the input iterator is.
 //! - **Panics** fail their own task with [`TaskError::Panicked`] (index, message, backtrace);
 //!   the worker goes on.
-//! - **Crashes.** A worker whose process dies is restarted by the farm's supervisor; the tasks
-//!   of its unfinished batches are sent again, one by one so that a task that kills its worker
-//!   is isolated, up to `retries` more times, then fail with [`TaskError::WorkerDied`]. A task
-//!   is never reported twice; a task that crashed its worker may have run more than once.
+//! - **Crashes.** A worker whose process dies is restarted by the farm's supervisor. The tasks
+//!   of its unfinished batches are sent again one by one, so that a task that kills its worker
+//!   is isolated. The batch that was running when the worker died may be sent `retries` more
+//!   times, then its tasks fail with [`TaskError::WorkerDied`]; batches that were only queued
+//!   behind it are bystanders and are sent again without counting (up to 10 times). A task is
+//!   never reported twice; a task that crashed its worker may have run more than once.
 //! - **Scope.** Dropping the farm (or [`Farm::shutdown`]) stops every worker; they are reaped.
 
 use crate::actor::{Handles, ProcessActor};
@@ -53,6 +55,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Tasks sent to a worker together. The worker's `batches(M)` entry runs each on its own.
@@ -169,6 +172,51 @@ pub struct Farm<A: ProcessActor> {
     config: FarmConfig,
     /// Seconds per task learned by earlier runs, to size the first batches of the next one.
     per_task: std::sync::Mutex<Option<f64>>,
+    /// One per worker, shared by every run (several may go on at once, e.g. in a service).
+    lanes: Vec<Lane>,
+}
+
+/// What every run knows about one worker.
+#[derive(Default)]
+struct Lane {
+    /// Batches sent to it and not answered yet, by all runs.
+    in_flight: AtomicUsize,
+    /// Batches it answered, ever.
+    answered: AtomicU64,
+    /// Held while a ticket is taken and its frame sent.
+    order: std::sync::Mutex<()>,
+}
+
+/// Where a batch stood in its worker's queue when it was sent.
+#[derive(Clone, Copy)]
+struct Ticket {
+    /// Batches in flight ahead of it.
+    ahead: usize,
+    /// The worker's `answered` count then.
+    answered: u64,
+}
+
+impl Lane {
+    fn send(&self) -> Ticket {
+        Ticket {
+            ahead: self.in_flight.fetch_add(1, Ordering::SeqCst),
+            answered: self.answered.load(Ordering::SeqCst),
+        }
+    }
+
+    fn done(&self, answered: bool) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if answered {
+            self.answered.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the batch of `ticket` was at the head of the worker's queue (all batches ahead
+    /// of it were answered), i.e. running when the worker died, rather than queued behind the
+    /// batch that killed it.
+    fn was_running(&self, ticket: Ticket) -> bool {
+        self.answered.load(Ordering::SeqCst) - ticket.answered >= ticket.ahead as u64
+    }
 }
 
 /// How long an automatic batch aims to take in the worker.
@@ -201,7 +249,34 @@ impl<A: ProcessActor> Farm<A> {
             workers: handles,
             config: FarmConfig { workers, ..config },
             per_task: Default::default(),
+            lanes: (0..workers).map(|_| Lane::default()).collect(),
         })
+    }
+
+    /// Sends a batch to worker `w` once it is up, and tells, with the answer, whether the batch
+    /// was at the head of the worker's queue (see [`Lane::was_running`]).
+    async fn send<M>(
+        &self,
+        w: usize,
+        batch: Batch<M>,
+    ) -> (Result<Vec<Result<M::Result, Failure>>, CallError>, bool)
+    where
+        M: RemoteMessage,
+        A: Handles<Batch<M>>,
+    {
+        let remote = match self.workers[w].up().await {
+            Ok(remote) => remote,
+            Err(error) => return (Err(error), false),
+        };
+        let lane = &self.lanes[w];
+        // The ticket and the frame go out together, so that tickets are in queue order.
+        let (ticket, call) = {
+            let _order = lane.order.lock().unwrap_or_else(|e| e.into_inner());
+            (lane.send(), remote.send(batch))
+        };
+        let result = call.await;
+        lane.done(result.is_ok());
+        (result, lane.was_running(ticket))
     }
 
     /// The workers, for messages other than the farm's tasks.
@@ -291,12 +366,18 @@ impl<A: ProcessActor> Drop for Farm<A> {
     }
 }
 
-/// One task out: its input index, the task (kept for a retry), and how often it was sent.
+/// One task out: its input index, the task (kept for a retry), and how often it was lost.
 struct Out<M> {
     index: usize,
     task: M,
-    sends: u32,
+    /// Lost while running in a worker that died: counts against `retries`.
+    crashes: u32,
+    /// Lost while queued behind another batch that killed the worker.
+    bystanders: u32,
 }
+
+/// How often a task may be lost as a bystander of other tasks' crashes.
+const MAX_BYSTANDER: u32 = 10;
 
 /// The state of one `for_each` run.
 struct Run<'f, A: ProcessActor, M, I, F> {
@@ -350,16 +431,16 @@ where
                 }
                 self.load[worker] += 1;
                 let batch = Batch { tasks: tasks.iter().map(|t| t.task.clone()).collect() };
-                let call = self.farm.workers[worker].send(batch);
+                let farm = self.farm;
                 running.push(async move {
                     let started = Instant::now();
-                    let result = call.await;
-                    (worker, tasks, result, started.elapsed())
+                    let (result, was_running) = farm.send(worker, batch).await;
+                    (worker, tasks, result, was_running, started.elapsed())
                 });
             }
-            let Some((worker, tasks, result, elapsed)) = running.next().await else { break };
+            let Some((worker, tasks, result, was_running, elapsed)) = running.next().await else { break };
             self.load[worker] -= 1;
-            self.settle(tasks, result, elapsed);
+            self.settle(tasks, result, elapsed, was_running);
             if self.summary.stopped {
                 break;
             }
@@ -371,11 +452,11 @@ where
         self.summary
     }
 
-    /// The least loaded worker with room for another batch.
+    /// A worker with room for another batch of this run, the least loaded by all runs.
     fn idle_worker(&self) -> Option<usize> {
         (0..self.load.len())
             .filter(|w| self.load[*w] < self.farm.config.in_flight)
-            .min_by_key(|w| self.load[*w])
+            .min_by_key(|w| (self.farm.lanes[*w].in_flight.load(Ordering::SeqCst), self.load[*w]))
     }
 
     /// Retries go alone, so that a task that kills its worker takes nothing else down with it.
@@ -384,7 +465,11 @@ where
             return vec![retry];
         }
         let size = self.batch_size();
-        self.inputs.by_ref().take(size).map(|(index, task)| Out { index, task, sends: 0 }).collect()
+        self.inputs
+            .by_ref()
+            .take(size)
+            .map(|(index, task)| Out { index, task, crashes: 0, bystanders: 0 })
+            .collect()
     }
 
     fn batch_size(&self) -> usize {
@@ -403,6 +488,7 @@ where
         tasks: Vec<Out<M>>,
         result: Result<Vec<Result<M::Result, Failure>>, CallError>,
         elapsed: Duration,
+        was_running: bool,
     ) {
         match result {
             Ok(results) => {
@@ -414,15 +500,18 @@ where
             }
             Err(CallError::Exited(exit)) => {
                 for mut out in tasks {
-                    out.sends += 1;
-                    if out.sends <= self.farm.config.retries {
+                    // A batch queued behind the one that killed the worker is sent again freely
+                    // (within reason); the one that was running counts against `retries`.
+                    if was_running || out.bystanders >= MAX_BYSTANDER {
+                        out.crashes += 1;
+                    } else {
+                        out.bystanders += 1;
+                    }
+                    if out.crashes <= self.farm.config.retries {
                         self.retry.push_back(out);
                     } else {
-                        let error = TaskError::WorkerDied {
-                            index: out.index,
-                            exit: exit.clone(),
-                            attempts: out.sends,
-                        };
+                        let attempts = out.crashes + out.bystanders;
+                        let error = TaskError::WorkerDied { index: out.index, exit: exit.clone(), attempts };
                         self.deliver(out.index, Err(error));
                     }
                 }
