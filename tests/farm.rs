@@ -91,6 +91,26 @@ async fn a_million_tiny_inputs_are_pulled_only_as_fast_as_they_complete() {
 }
 
 #[actix_rt::test]
+async fn a_stream_yields_every_result_once_as_it_completes_and_can_be_dropped_early() {
+    use futures::StreamExt;
+    let farm = farm(config(2)).await;
+    let mut seen: Vec<usize> = farm
+        .stream((0..5000u64).map(Task::Square))
+        .map(|(index, result)| {
+            assert_eq!(result.unwrap(), (index * index) as u64);
+            index
+        })
+        .collect()
+        .await;
+    seen.sort_unstable();
+    assert_eq!(seen, (0..5000).collect::<Vec<_>>());
+    let first_two: Vec<_> = farm.stream((0..1000).map(|_| Task::Sleep(1))).take(2).collect().await;
+    assert_eq!(first_two.len(), 2);
+    assert_eq!(within(30, farm.map((0..10).map(Task::Square))).await.unwrap()[9], 81, "still usable");
+    within(20, farm.shutdown()).await.unwrap();
+}
+
+#[actix_rt::test]
 async fn a_panicking_task_fails_alone_with_its_index_and_backtrace() {
     let farm = farm(FarmConfig { batch: BatchSize::Fixed(8), ..config(2) }).await;
     let tasks = (0..100).map(|i| if i == 42 { Task::Panic(i) } else { Task::Square(i) });

@@ -31,7 +31,8 @@
 //!
 //! # Guarantees
 //! - **Order.** [`Farm::map`] and [`Farm::map_all`] return results in input order;
-//!   [`Farm::for_each`] hands them over as they complete, with their input index.
+//!   [`Farm::stream`] and [`Farm::for_each`] hand them over as they complete, with their input
+//!   index.
 //! - **Bounded memory.** Inputs are pulled lazily: at most `workers * in_flight` batches are
 //!   out at a time, however long the input iterator is.
 //! - **Panics** fail their own task with [`TaskError::Panicked`] (index, message, backtrace);
@@ -51,7 +52,7 @@ use crate::supervisor::{
     ChildSpec, Intensity, Supervised, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle,
 };
 use ensemble_runtime::{ExitInfo, Failure};
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -349,6 +350,31 @@ impl<A: ProcessActor> Farm<A> {
         F: FnMut(usize, Result<M::Result, TaskError>) -> ControlFlow<()>,
     {
         Run::new(self, inputs.into_iter(), sink).go().await
+    }
+
+    /// Runs every input and yields `(input index, result)` as results complete: a [`Stream`].
+    ///
+    /// The farm works only while the stream is polled, so results never pile up beyond the
+    /// batches in flight. Dropping the stream stops dispatch (see [`Farm::for_each`]); to stop
+    /// on Ctrl-C, select between the stream and `actix_rt::signal::ctrl_c()` and keep what
+    /// arrived.
+    pub fn stream<'a, M, I>(
+        &'a self,
+        inputs: I,
+    ) -> impl Stream<Item = (usize, Result<M::Result, TaskError>)> + 'a
+    where
+        I: IntoIterator<Item = M> + 'a,
+        M: RemoteMessage + Clone,
+        A: Handles<Batch<M>>,
+    {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let engine = self.for_each(inputs, move |index, result| {
+            let _ = tx.unbounded_send((index, result));
+            ControlFlow::Continue(())
+        });
+        // The engine yields nothing itself; polling it moves the work on and feeds `rx`.
+        let engine = futures::stream::once(engine).filter_map(|_| futures::future::ready(None));
+        futures::stream::select(rx, engine)
     }
 
     /// Stops every worker in order and waits until they are reaped.
