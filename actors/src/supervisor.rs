@@ -4,7 +4,8 @@
 //! Build a [`Supervisor`], [`add`](Supervisor::add) children (each gives a [`Supervised`]
 //! handle that survives restarts), [`start`](Supervisor::start) it, and either
 //! [`run_until_signal`](SupervisorHandle::run_until_signal) (what valkka's `MainContext` loop
-//! does) or [`shutdown`](SupervisorHandle::shutdown) when done. A supervisor is an actix actor:
+//! does) or [`shutdown`](SupervisorHandle::shutdown) when done; [`Background`] runs one on a
+//! thread of its own. A supervisor is an actix actor:
 //! it needs an actix system (`#[ensemble::main]`, `#[actix_rt::main]`, `actix_rt::System`).
 //! Any process can host one; a child process that does supervises its own children (a tree).
 //!
@@ -317,6 +318,104 @@ impl SupervisorHandle {
 impl std::fmt::Debug for SupervisorHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SupervisorHandle").finish_non_exhaustive()
+    }
+}
+
+/// A supervisor running on a thread of its own, with its own actix system: for tests, and for
+/// programs whose main thread is busy elsewhere (a GUI loop, a blocking library). Dropping it
+/// shuts the supervisor down and joins the thread.
+///
+/// # Examples
+/// ```
+/// use ensemble::prelude::*;
+/// use ensemble::supervisor::{Background, ChildSpec, Supervisor, SupervisorConfig};
+///
+/// #[derive(Serialize, Deserialize, ProcessActor)]
+/// #[actor(handles(Ping))]
+/// struct Worker;
+///
+/// #[derive(Serialize, Deserialize, RemoteMessage)]
+/// #[rtype(result = "u32")]
+/// struct Ping;
+///
+/// impl ProcessHandler<Ping> for Worker {
+///     fn handle(&mut self, _: Ping, ctx: &mut ProcessContext<Self>) -> u32 { ctx.pid() }
+/// }
+///
+/// // A plain, synchronous function: no runtime of its own.
+/// let mut supervisor = Supervisor::new(SupervisorConfig::default());
+/// let worker = supervisor.add(ChildSpec::new("worker", || Worker));
+/// let background = Background::start(supervisor)?;
+/// let pid = futures::executor::block_on(worker.send(Ping))?;
+/// assert_ne!(pid, std::process::id());
+/// background.shutdown()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Background {
+    handle: SupervisorHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts `supervisor` on a new thread and waits until its children are up.
+    ///
+    /// # Errors
+    /// As [`Supervisor::start`]; [`SupervisorError::Gone`] if the thread could not start.
+    pub fn start(supervisor: Supervisor) -> Result<Background, SupervisorError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("ensemble-supervisor".into())
+            .spawn(move || {
+                actix_rt::System::new().block_on(async move {
+                    match supervisor.start().await {
+                        Ok(handle) => {
+                            let _ = tx.send(Ok(handle.clone()));
+                            let _ = handle.wait().await;
+                        }
+                        Err(error) => {
+                            let _ = tx.send(Err(error));
+                        }
+                    }
+                })
+            })
+            .map_err(|_| SupervisorError::Gone)?;
+        let handle = rx.recv().map_err(|_| SupervisorError::Gone)??;
+        Ok(Background { handle, thread: Some(thread) })
+    }
+
+    /// The running supervisor.
+    pub fn handle(&self) -> &SupervisorHandle {
+        &self.handle
+    }
+
+    /// Shuts the supervisor down in order (blocking) and joins its thread.
+    ///
+    /// # Errors
+    /// As [`SupervisorHandle::shutdown`].
+    pub fn shutdown(mut self) -> Result<(), SupervisorError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), SupervisorError> {
+        let result = futures::executor::block_on(self.handle.shutdown());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        result
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Background").finish_non_exhaustive()
     }
 }
 
