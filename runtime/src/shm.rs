@@ -29,6 +29,8 @@
 
 mod handle;
 pub mod handover;
+#[cfg(feature = "ndarray")]
+mod ndview;
 pub(crate) mod segment;
 pub(crate) mod transfer;
 
