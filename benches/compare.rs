@@ -23,6 +23,8 @@
 //! `multiprocessing.Pool(2)` with numpy (`benches/python/weather_hours.py`; skipped without
 //! python3 and numpy).
 //!
+//! `-- --only call_roundtrip,handover` runs only the scenarios whose names start with those.
+//!
 //! Writes the table to stdout and the rows to `target/ensemble-compare.json`.
 
 use ensemble::farm::{Farm, FarmConfig};
@@ -568,6 +570,36 @@ fn weather_hours(rt: &actix_rt::SystemRunner, reps: usize) -> Vec<Row> {
     ]
 }
 
+/// Both sides unpinned, as most programs run: informational (the machine decides where each
+/// side runs, so the figure moves between the two placements).
+fn call_roundtrip_unpinned(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
+    let echo =
+        rt.block_on(ensemble::spawn_with(Echo { notes: 0 }, SpawnOptions::new().name("bench-echo"))).unwrap();
+    let raw = Raw::start(usize::MAX);
+    let (ens, base) = interleave(
+        plan.reps,
+        || {
+            let start = Instant::now();
+            rt.block_on(async {
+                for i in 0..plan.calls as u64 {
+                    assert_eq!(echo.send(Ping(i)).await.unwrap(), i);
+                }
+            });
+            per_op(start, plan.calls)
+        },
+        || {
+            let start = Instant::now();
+            for i in 0..plan.calls as u64 {
+                assert_eq!(raw.call(i), i);
+            }
+            per_op(start, plan.calls)
+        },
+    );
+    rt.block_on(echo.stop()).unwrap();
+    raw.stop();
+    Row { scenario: "call_roundtrip.unpinned (info)".into(), ensemble: ens, baseline: base, target: 1.3 }
+}
+
 /// Adds the row named after the scenario, carrying the worse of its two placements.
 fn worst_of(rows: &mut Vec<Row>, scenario: &str) {
     let worst = rows
@@ -635,7 +667,9 @@ fn main() {
             Some("raw") => {
                 let server = words.next().unwrap().to_owned();
                 let cpu: usize = words.next().unwrap().parse().unwrap();
-                ensemble::runtime::pin_to_cpu(cpu).unwrap();
+                if cpu != usize::MAX {
+                    ensemble::runtime::pin_to_cpu(cpu).unwrap();
+                }
                 raw_child(server);
             }
             Some("exit") => {}
@@ -644,6 +678,12 @@ fn main() {
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only a,b` runs the scenarios whose names start with one of these.
+    let only: Option<Vec<String>> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .map(|list| list.split(',').map(str::to_owned).collect());
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| name.starts_with(p.as_str())));
     let plan = if quick {
         Plan { reps: 15, calls: 1_000, casts: 5_000, spawns: 5 }
     } else {
@@ -653,8 +693,21 @@ fn main() {
     let rt = actix_rt::System::new();
     // Throughput over all CPUs first, unpinned: the first spawn also starts ensemble's launcher
     // thread, whose CPU mask every later child inherits unless it is pinned explicitly.
-    let mut farm_rows = vec![farm_tiny_tasks(&rt, if quick { 3 } else { 9 })];
-    farm_rows.extend(weather_hours(&rt, if quick { 3 } else { 9 }));
+    let mut farm_rows = Vec::new();
+    if wanted("call_roundtrip.unpinned") {
+        let plan = if quick {
+            Plan { reps: 15, calls: 1_000, casts: 0, spawns: 0 }
+        } else {
+            Plan { reps: 41, calls: 5_000, casts: 0, spawns: 0 }
+        };
+        farm_rows.push(call_roundtrip_unpinned(&rt, &plan));
+    }
+    if wanted("farm_tiny_tasks") {
+        farm_rows.push(farm_tiny_tasks(&rt, if quick { 3 } else { 9 }));
+    }
+    if wanted("weather_hours") {
+        farm_rows.extend(weather_hours(&rt, if quick { 3 } else { 9 }));
+    }
     // Then the latency scenarios: the parent's main thread (the actix system runs on it, and the
     // reader threads it starts inherit its mask) on CPU 0, children pinned as each scenario says.
     ensemble::runtime::pin_to_cpu(0).expect("pin the parent to CPU 0");
@@ -664,17 +717,31 @@ fn main() {
         placements.push(("split-cpu", 1));
     }
     for (placement, cpu) in &placements {
-        rows.push(call_roundtrip(&rt, &plan, placement, *cpu));
-        rows.push(oneway_throughput(&rt, &plan, placement, *cpu));
+        if wanted("call_roundtrip") {
+            rows.push(call_roundtrip(&rt, &plan, placement, *cpu));
+        }
+        if wanted("oneway_throughput") {
+            rows.push(oneway_throughput(&rt, &plan, placement, *cpu));
+        }
     }
     worst_of(&mut rows, "call_roundtrip");
     worst_of(&mut rows, "oneway_throughput");
-    rows.push(spawn_stop(&rt, &plan));
-    rows.push(restart_latency(&rt, &plan));
-    rows.push(handover_small(&rt, &plan));
+    if wanted("spawn_stop") {
+        rows.push(spawn_stop(&rt, &plan));
+    }
+    if wanted("restart_latency") {
+        rows.push(restart_latency(&rt, &plan));
+    }
+    if wanted("handover_small") {
+        rows.push(handover_small(&rt, &plan));
+    }
     let big_reps = if quick { 3 } else { 7 };
-    rows.push(handover(&rt, big_reps, 64 << 20, "handover_64MiB", 0.05));
-    rows.push(handover(&rt, big_reps, 1 << 30, "handover_1GiB", 0.005));
+    if wanted("handover_64MiB") {
+        rows.push(handover(&rt, big_reps, 64 << 20, "handover_64MiB", 0.05));
+    }
+    if wanted("handover_1GiB") {
+        rows.push(handover(&rt, big_reps, 1 << 30, "handover_1GiB", 0.005));
+    }
     rows.extend(farm_rows);
     print_table(&rows);
     let median_of = |name: &str| rows.iter().find(|r| r.scenario == name).map(|r| r.ensemble.median);

@@ -14,7 +14,7 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, WrapFutu
 use ensemble_runtime::__private::ipc_channel::ipc::IpcBytesReceiver;
 use ensemble_runtime::child::ChildBoot;
 use ensemble_runtime::wire::{self, Failure, ToChild, ToParent};
-use ensemble_runtime::Outbox;
+use ensemble_runtime::{Outbox, Receiver};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -88,7 +88,10 @@ async fn start<A: ProcessActor>(
     .start();
     let receiving = std::thread::Builder::new().name("ensemble-rx".into()).spawn(move || {
         let _entered = span.enter();
-        while let Ok(frame) = from_parent.recv() {
+        let mut from_parent = Receiver::new(from_parent);
+        // After each frame the next is often close behind (the caller's next call): look for
+        // it briefly before blocking.
+        while let Ok(frame) = from_parent.recv(true) {
             // Hand over whatever else has arrived in one go: one wake-up of the arbiter per
             // batch instead of one per frame.
             let mut batch = Vec::new();
@@ -97,7 +100,12 @@ async fn start<A: ProcessActor>(
                 if !acknowledged(&shared, &frame) {
                     batch.push(frame);
                 }
-                next = if batch.len() < MAX_BATCH { from_parent.try_recv().ok() } else { None };
+                next = if batch.len() < MAX_BATCH {
+                    // A closed channel shows up again at the next blocking `recv`.
+                    from_parent.try_recv().and_then(Result::ok)
+                } else {
+                    None
+                };
             }
             if !batch.is_empty() {
                 addr.do_send(Incoming(batch));

@@ -13,6 +13,7 @@
 
 use crate::outbox::{Outbox, SendError};
 use crate::process::{ChildProcess, ExitInfo};
+use crate::receive::Receiver;
 use crate::spawn::Spawned;
 use crate::wire::{self, Failure, ToChild, ToParent};
 use futures_channel::{mpsc, oneshot};
@@ -236,7 +237,11 @@ impl Shared {
         outbox: &Arc<Outbox<ToChild>>,
         events: mpsc::UnboundedSender<Body>,
     ) {
-        while let Ok(frame) = from_child.recv() {
+        let mut from_child = Receiver::new(from_child);
+        loop {
+            // Spin for the next frame only while a reply is due.
+            let expecting = !self.lock().pending.is_empty();
+            let Ok(frame) = from_child.recv(expecting) else { break };
             self.route(frame, outbox, &events);
         }
         drop(from_child);

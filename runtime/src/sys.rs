@@ -9,4 +9,4 @@ mod process;
 pub(crate) mod shared_slice;
 pub(crate) mod shm;
 
-pub use process::{die_with_parent, ignore_signal, kill, pin_to_cpu, set_thread_name, Signal};
+pub use process::{cpus_allowed, die_with_parent, ignore_signal, kill, pin_to_cpu, set_thread_name, Signal};

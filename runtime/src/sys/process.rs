@@ -95,6 +95,19 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     }
 }
 
+/// How many CPUs the calling thread may run on.
+pub fn cpus_allowed() -> usize {
+    // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity writes at most
+    // `size_of::<cpu_set_t>()` bytes into the live local, and CPU_COUNT only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return 1;
+        }
+        libc::CPU_COUNT(&set) as usize
+    }
+}
+
 /// Sets the kernel name of the calling thread (what `top` and `ps -o comm` show), truncated to
 /// the kernel's 15 bytes. On the main thread this is the process name.
 pub fn set_thread_name(name: &str) {
@@ -135,9 +148,13 @@ mod tests {
     }
 
     #[test]
-    fn pinning_to_an_allowed_cpu_works() {
-        let handle = std::thread::spawn(|| pin_to_cpu(0));
-        handle.join().unwrap().unwrap();
+    fn pinning_to_an_allowed_cpu_works_and_narrows_the_allowed_set() {
+        let handle = std::thread::spawn(|| {
+            pin_to_cpu(0)?;
+            Ok::<_, io::Error>(cpus_allowed())
+        });
+        assert_eq!(handle.join().unwrap().unwrap(), 1);
+        assert!(cpus_allowed() >= 1);
     }
 
     #[test]
