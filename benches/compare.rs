@@ -268,10 +268,18 @@ struct Plan {
     spawns: usize,
 }
 
-fn call_roundtrip(rt: &actix_rt::SystemRunner, plan: &Plan, placement: &str, child_cpu: usize) -> Row {
-    let options = SpawnOptions::new().name("bench-echo").cpu(child_cpu);
+/// `child_cpu: None` leaves both sides unpinned, as most programs run: the machine decides
+/// where each side runs, so that figure moves between the two placements (informational).
+fn call_roundtrip(
+    rt: &actix_rt::SystemRunner,
+    plan: &Plan,
+    placement: &str,
+    child_cpu: Option<usize>,
+) -> Row {
+    let mut options = SpawnOptions::new().name("bench-echo");
+    options.cpu = child_cpu;
     let echo = rt.block_on(ensemble::spawn_with(Echo { notes: 0 }, options)).unwrap();
-    let raw = Raw::start(child_cpu);
+    let raw = Raw::start(child_cpu.unwrap_or(usize::MAX));
     let warm = |n| {
         for i in 0..n {
             rt.block_on(echo.send(Ping(i))).unwrap();
@@ -570,36 +578,6 @@ fn weather_hours(rt: &actix_rt::SystemRunner, reps: usize) -> Vec<Row> {
     ]
 }
 
-/// Both sides unpinned, as most programs run: informational (the machine decides where each
-/// side runs, so the figure moves between the two placements).
-fn call_roundtrip_unpinned(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
-    let echo =
-        rt.block_on(ensemble::spawn_with(Echo { notes: 0 }, SpawnOptions::new().name("bench-echo"))).unwrap();
-    let raw = Raw::start(usize::MAX);
-    let (ens, base) = interleave(
-        plan.reps,
-        || {
-            let start = Instant::now();
-            rt.block_on(async {
-                for i in 0..plan.calls as u64 {
-                    assert_eq!(echo.send(Ping(i)).await.unwrap(), i);
-                }
-            });
-            per_op(start, plan.calls)
-        },
-        || {
-            let start = Instant::now();
-            for i in 0..plan.calls as u64 {
-                assert_eq!(raw.call(i), i);
-            }
-            per_op(start, plan.calls)
-        },
-    );
-    rt.block_on(echo.stop()).unwrap();
-    raw.stop();
-    Row { scenario: "call_roundtrip.unpinned (info)".into(), ensemble: ens, baseline: base, target: 1.3 }
-}
-
 /// Adds the row named after the scenario, carrying the worse of its two placements.
 fn worst_of(rows: &mut Vec<Row>, scenario: &str) {
     let worst = rows
@@ -695,12 +673,7 @@ fn main() {
     // thread, whose CPU mask every later child inherits unless it is pinned explicitly.
     let mut farm_rows = Vec::new();
     if wanted("call_roundtrip.unpinned") {
-        let plan = if quick {
-            Plan { reps: 15, calls: 1_000, casts: 0, spawns: 0 }
-        } else {
-            Plan { reps: 41, calls: 5_000, casts: 0, spawns: 0 }
-        };
-        farm_rows.push(call_roundtrip_unpinned(&rt, &plan));
+        farm_rows.push(call_roundtrip(&rt, &plan, "unpinned (info)", None));
     }
     if wanted("farm_tiny_tasks") {
         farm_rows.push(farm_tiny_tasks(&rt, if quick { 3 } else { 9 }));
@@ -718,7 +691,7 @@ fn main() {
     }
     for (placement, cpu) in &placements {
         if wanted("call_roundtrip") {
-            rows.push(call_roundtrip(&rt, &plan, placement, *cpu));
+            rows.push(call_roundtrip(&rt, &plan, placement, Some(*cpu)));
         }
         if wanted("oneway_throughput") {
             rows.push(oneway_throughput(&rt, &plan, placement, *cpu));
