@@ -63,7 +63,7 @@ pub type HookError = Box<dyn Error + Send + Sync>;
 /// Implement it and add `hooks` to `#[actor(...)]`; otherwise the derive implements it empty.
 pub trait Hooks: Sized {
     /// Runs in the child before the first message: the place to open heavy resources. An error
-    /// or a panic here fails the spawn with [`SpawnError::Start`](crate::SpawnError::Start).
+    /// or a panic here fails the spawn with [`SpawnError::Start`](ensemble_runtime::SpawnError::Start).
     ///
     /// # Errors
     /// Whatever the actor cannot start without.
