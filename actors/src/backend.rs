@@ -217,7 +217,8 @@ impl<A: ProcessActor> Backend<A> {
             ToChild::Cast { tag } => self.dispatch(tag, frame, at, None, ctx),
             ToChild::Stop => self.stop(ctx),
             ToChild::Start { .. } => tracing::error!("ignoring a second start frame"),
-            ToChild::Ack { .. } => unreachable!("acknowledgements are handled on the receiving thread"),
+            // Handled on the receiving thread already; one that slipped through changes nothing.
+            ToChild::Ack { transfer } => self.ctx_shared().outbox.acknowledged(transfer),
         }
     }
 

@@ -28,7 +28,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub(crate) const ENV_BOOTSTRAP: &str = "ENSEMBLE_BOOTSTRAP";
@@ -200,21 +200,21 @@ fn command(server_name: &str, config: &SpawnConfig) -> Command {
 /// Runs `Command::spawn` on the launcher thread, which lives as long as the process.
 fn launch(cmd: Command) -> std::io::Result<Child> {
     type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let launcher = LAUNCHER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("ensemble-launcher".into())
-            .spawn(move || {
+    static LAUNCHER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
+    let (reply_tx, reply_rx) = mpsc::channel();
+    let sent = {
+        let mut launcher = LAUNCHER.lock().unwrap_or_else(|e| e.into_inner());
+        if launcher.is_none() {
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new().name("ensemble-launcher".into()).spawn(move || {
                 for (mut cmd, reply) in rx {
                     let _ = reply.send(cmd.spawn());
                 }
-            })
-            .expect("cannot start the ensemble launcher thread");
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = mpsc::channel();
-    let sent = launcher.lock().unwrap_or_else(|e| e.into_inner()).send((cmd, reply_tx));
+            })?;
+            *launcher = Some(tx);
+        }
+        launcher.as_ref().expect("set above").send((cmd, reply_tx))
+    };
     let gone = || std::io::Error::other("the ensemble launcher thread is gone");
     sent.map_err(|_| gone())?;
     reply_rx.recv().map_err(|_| gone())?
@@ -248,7 +248,12 @@ fn await_hello(
     loop {
         match rx.recv_timeout(pause) {
             Ok(Ok(Bootstrap::Hello(hello))) => return Ok(hello),
-            Ok(Ok(Bootstrap::Abort)) => unreachable!("only we send Abort, after we stop waiting"),
+            Ok(Ok(Bootstrap::Abort)) => {
+                // Not from our child: something else connected to the one-shot server first.
+                process.kill();
+                let exit = process.reap(Duration::from_secs(1));
+                return Err(SpawnError::Handshake(format!("another process answered the handshake; {exit}")));
+            }
             Ok(Err(e)) => {
                 process.kill();
                 let exit = process.reap(Duration::from_secs(1));
