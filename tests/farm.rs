@@ -197,3 +197,47 @@ async fn stopping_early_keeps_the_farm_usable_and_dropping_it_stops_the_workers(
         }
     }
 }
+
+const FARM_ROOT_ENV: &str = "ENSEMBLE_TEST_FARM_ROOT";
+
+/// Not a test on its own: a program mapping slow tasks until it is interrupted.
+#[actix_rt::test]
+#[ignore = "helper process for sigint_stops_dispatch_and_returns_what_finished"]
+async fn farm_root_helper() {
+    if std::env::var_os(FARM_ROOT_ENV).is_none() {
+        return;
+    }
+    use actix_rt::signal::unix::{signal, SignalKind};
+    // Take over SIGINT before announcing readiness, so that the signal can never kill us.
+    let _sigint = signal(SignalKind::interrupt()).unwrap();
+    let farm = farm(config(2)).await;
+    farm.map((0..4).map(Task::Square)).await.unwrap(); // workers up and answering
+    println!("READY");
+    let (results, interrupted) = farm.map_until_signal((0..100_000).map(|_| Task::Sleep(2))).await.unwrap();
+    let finished = results.iter().filter(|r| matches!(r, Some(Ok(2)))).count();
+    println!("FINISHED {finished} INTERRUPTED {interrupted}");
+    farm.shutdown().await.unwrap();
+}
+
+#[test]
+fn sigint_stops_dispatch_and_returns_what_finished() {
+    use std::io::BufRead;
+    let mut root = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["farm_root_helper", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(FARM_ROOT_ENV, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(root.stdout.take().unwrap()).lines().map_while(Result::ok);
+    assert!(lines.by_ref().any(|line| line.contains("READY")), "the helper started");
+    std::thread::sleep(Duration::from_millis(500)); // let some 2 ms tasks finish before interrupting
+    let sent = std::process::Command::new("kill").args(["-INT", &root.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let summary = lines.find(|line| line.contains("FINISHED")).expect("the helper reported");
+    let status = root.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let words: Vec<&str> = summary[summary.find("FINISHED").unwrap()..].split_whitespace().collect();
+    let finished: usize = words[1].parse().unwrap();
+    assert_eq!(words[3], "true", "{summary}");
+    assert!(finished > 0 && finished < 100_000, "{summary}");
+}

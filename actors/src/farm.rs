@@ -43,6 +43,8 @@
 //!   times, then its tasks fail with [`TaskError::WorkerDied`]; batches that were only queued
 //!   behind it are bystanders and are sent again without counting (up to 10 times). A task is
 //!   never reported twice; a task that crashed its worker may have run more than once.
+//! - **Signals.** [`Farm::map_until_signal`] stops dispatch on SIGINT or SIGTERM and returns
+//!   what finished; the workers themselves ignore SIGINT and stop when the farm does.
 //! - **Scope.** Dropping the farm (or [`Farm::shutdown`]) stops every worker; they are reaped.
 
 use crate::actor::{Handles, ProcessActor};
@@ -375,6 +377,45 @@ impl<A: ProcessActor> Farm<A> {
         // The engine yields nothing itself; polling it moves the work on and feeds `rx`.
         let engine = futures::stream::once(engine).filter_map(|_| futures::future::ready(None));
         futures::stream::select(rx, engine)
+    }
+
+    /// Like [`Farm::map_all`], but SIGINT (Ctrl-C) or SIGTERM stops dispatch: batches in flight
+    /// are abandoned, and what finished is returned, in input order (`None` for tasks that did
+    /// not finish, up to the last one that did), with whether a signal came. The workers stay up; [`Farm::shutdown`] stops them.
+    ///
+    /// # Errors
+    /// When the signal handlers cannot be installed.
+    pub async fn map_until_signal<M, I>(
+        &self,
+        inputs: I,
+    ) -> std::io::Result<(Vec<Option<Result<M::Result, TaskError>>>, bool)>
+    where
+        I: IntoIterator<Item = M>,
+        M: RemoteMessage + Clone,
+        A: Handles<Batch<M>>,
+    {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        let (mut interrupt, mut terminate) =
+            (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+        let mut results: Vec<Option<Result<M::Result, TaskError>>> = Vec::new();
+        let stream = self.stream(inputs);
+        futures::pin_mut!(stream);
+        let interrupted = loop {
+            tokio::select! {
+                next = stream.next() => match next {
+                    Some((index, result)) => {
+                        if results.len() <= index {
+                            results.resize_with(index + 1, || None);
+                        }
+                        results[index] = Some(result);
+                    }
+                    None => break false,
+                },
+                _ = interrupt.recv() => break true,
+                _ = terminate.recv() => break true,
+            }
+        };
+        Ok((results, interrupted))
     }
 
     /// Stops every worker in order and waits until they are reaped.
