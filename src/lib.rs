@@ -134,7 +134,15 @@ pub mod __private {
 
     /// The body of an async `#[ensemble::main]`.
     pub fn block_on_main<F: std::future::Future>(main: F) -> F::Output {
-        finish_main(|| actix_rt::System::new().block_on(main))
+        finish_main(|| {
+            actix_rt::System::new().block_on(async {
+                let output = main.await;
+                if let Err(e) = ensemble_actors::supervisor::shutdown_process_supervisor().await {
+                    tracing::warn!("the process supervisor: {e}");
+                }
+                output
+            })
+        })
     }
 
     /// The body of a sync `#[ensemble::main]`.

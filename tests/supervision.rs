@@ -341,6 +341,37 @@ async fn a_nested_supervisor_that_gives_up_escalates_by_exiting_its_process() {
     within(10, root.shutdown()).await.unwrap();
 }
 
+/// Starts a grandchild under its own process's supervisor; replies with the grandchild's pid.
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(handles(async StartGrandchild))]
+struct Parent;
+
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u32")]
+struct StartGrandchild(PathBuf);
+
+impl AsyncProcessHandler<StartGrandchild> for Parent {
+    async fn handle(&mut self, StartGrandchild(log): StartGrandchild, _: &mut ProcessContext<Self>) -> u32 {
+        let supervisor = ensemble::supervisor::process_supervisor().unwrap();
+        let spec = ChildSpec::new("grandchild", move || Worker {
+            log: Some(log.clone()),
+            name: "grandchild".into(),
+        });
+        let grandchild = supervisor.start_child(spec).await.unwrap();
+        grandchild.remote().unwrap().pid()
+    }
+}
+
+#[actix_rt::test]
+async fn a_child_process_supervisor_stops_its_children_in_order_when_the_child_stops() {
+    let log = Log::new("process-supervisor");
+    let parent = within(10, ensemble::spawn(Parent)).await.unwrap();
+    let grandchild = within(10, parent.send(StartGrandchild(log.0.clone()))).await.unwrap();
+    within(20, parent.stop()).await.unwrap();
+    assert_eq!(log.lines(), ["grandchild"], "the grandchild's post_run ran before its parent exited");
+    assert!(!std::path::Path::new(&format!("/proc/{grandchild}")).exists(), "the grandchild was reaped");
+}
+
 const ROOT_ENV: &str = "ENSEMBLE_TEST_SUPERVISOR_ROOT";
 
 /// Not a test on its own: the root program that the SIGINT test starts and interrupts.

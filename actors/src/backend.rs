@@ -160,7 +160,13 @@ impl<A: ProcessActor> Actor for Backend<A> {
         if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| state.post_run(&mut self.ctx))) {
             tracing::error!("post_run {}", panic_failure(payload));
         }
-        actix::System::current().stop();
+        // Children of this process's supervisor stop in order before the process exits.
+        actix::spawn(async {
+            if let Err(e) = crate::supervisor::shutdown_process_supervisor().await {
+                tracing::warn!("this process's supervisor: {e}");
+            }
+            actix::System::current().stop();
+        });
     }
 }
 

@@ -8,6 +8,8 @@
 //! thread of its own. A supervisor is an actix actor:
 //! it needs an actix system (`#[ensemble::main]`, `#[actix_rt::main]`, `actix_rt::System`).
 //! Any process can host one; a child process that does supervises its own children (a tree).
+//! [`process_supervisor`] is every process's own, started on first use and shut down in order
+//! when the process ends.
 //!
 //! # Guarantees
 //! - **What a crash does.** When a child's process exits, its calls in flight fail with
@@ -416,6 +418,53 @@ impl Drop for Background {
 impl std::fmt::Debug for Background {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Background").finish_non_exhaustive()
+    }
+}
+
+static PROCESS_SUPERVISOR: std::sync::Mutex<Option<SupervisorHandle>> = std::sync::Mutex::new(None);
+
+/// This process's own supervisor: started on first use on the current actix arbiter (default
+/// configuration), shared by every later caller. Children started under it are stopped in
+/// order when the process ends cleanly: by `#[ensemble::main]` in the main process, before
+/// `post_run` returns control in a child. Use it to build a tree without passing handles around.
+///
+/// # Errors
+/// [`SupervisorError::Gone`] outside an actix system.
+///
+/// # Examples
+/// ```
+/// # use ensemble::prelude::*;
+/// # #[derive(Serialize, Deserialize, ProcessActor)] struct Worker;
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let supervisor = ensemble::supervisor::process_supervisor()?;
+/// let worker = supervisor.start_child(ChildSpec::new("worker", || Worker)).await?;
+/// assert!(worker.remote().is_some());
+/// ensemble::supervisor::shutdown_process_supervisor().await?;
+/// # Ok(()) }
+/// ```
+pub fn process_supervisor() -> Result<SupervisorHandle, SupervisorError> {
+    let mut slot = PROCESS_SUPERVISOR.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(handle) = slot.as_ref().filter(|h| h.addr.connected()) {
+        return Ok(handle.clone());
+    }
+    if !actix_rt::System::try_current().is_some_and(|_| actix_rt::Arbiter::try_current().is_some()) {
+        return Err(SupervisorError::Gone);
+    }
+    let addr = SupervisorActor::new(SupervisorConfig::default(), Vec::new()).start();
+    let handle = SupervisorHandle { addr };
+    *slot = Some(handle.clone());
+    Ok(handle)
+}
+
+/// Stops the children of [`process_supervisor`] in reverse start order, if it was ever started.
+///
+/// # Errors
+/// As [`SupervisorHandle::shutdown`].
+pub async fn shutdown_process_supervisor() -> Result<(), SupervisorError> {
+    let handle = PROCESS_SUPERVISOR.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match handle {
+        Some(handle) if handle.addr.connected() => handle.shutdown().await,
+        _ => Ok(()),
     }
 }
 
