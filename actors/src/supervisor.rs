@@ -447,7 +447,8 @@ pub fn process_supervisor() -> Result<SupervisorHandle, SupervisorError> {
     if let Some(handle) = slot.as_ref().filter(|h| h.addr.connected()) {
         return Ok(handle.clone());
     }
-    if !actix_rt::System::try_current().is_some_and(|_| actix_rt::Arbiter::try_current().is_some()) {
+    let in_actix = actix_rt::System::try_current().is_some() && actix_rt::Arbiter::try_current().is_some();
+    if !in_actix {
         return Err(SupervisorError::Gone);
     }
     let addr = SupervisorActor::new(SupervisorConfig::default(), Vec::new()).start();
