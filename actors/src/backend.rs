@@ -120,13 +120,14 @@ async fn start<A: ProcessActor>(
 
 /// Handles the parent's acknowledgement of a hand-over right on the receiving thread, so that
 /// the holds go even while the actor is busy or stopping. Returns whether `frame` was one.
+/// Only the frame's prefix is read: other frames are decoded once, by the actor.
 fn acknowledged(shared: &ContextShared, frame: &[u8]) -> bool {
-    match wire::decode::<ToChild>(frame) {
-        Ok((ToChild::Ack { transfer }, _)) => {
+    match wire::acknowledgement_of(frame) {
+        Some(transfer) => {
             shared.outbox.acknowledged(transfer);
             true
         }
-        _ => false,
+        None => false,
     }
 }
 

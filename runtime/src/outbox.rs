@@ -85,7 +85,10 @@ impl<H: AckHeader> Outbox<H> {
 
     /// Tells the peer that this side holds the segments of its hand-over `transfer`.
     pub fn acknowledge(&self, transfer: u64) {
-        let _ = self.send(&H::ack(transfer), &());
+        if let Ok(mut encoded) = wire::encode(&H::ack(transfer), &()) {
+            encoded.set_acknowledges(transfer);
+            let _ = self.send_encoded(encoded);
+        }
     }
 
     /// The peer is gone: every open hand-over is abandoned and its holds dropped.

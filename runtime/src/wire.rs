@@ -100,6 +100,9 @@ impl AckHeader for ToParent {
 const PREFIX: usize = 9;
 /// Flag: the body holds segment handles; the receiver must acknowledge.
 const CARRIES_SEGMENTS: u8 = 1;
+/// Flag: the frame acknowledges the hand-over in the prefix (its header is an `Ack`), so that a
+/// receiving thread can handle it from the prefix alone, without decoding the header.
+const ACKNOWLEDGES: u8 = 2;
 
 /// An encoded frame, with the holds on the segments its body hands over.
 #[derive(Debug)]
@@ -119,6 +122,12 @@ impl Encoded {
     /// Marks the frame as hand-over `transfer`.
     pub fn set_transfer(&mut self, transfer: u64) {
         self.frame[0] = CARRIES_SEGMENTS;
+        self.frame[1..PREFIX].copy_from_slice(&transfer.to_le_bytes());
+    }
+
+    /// Marks the frame as the acknowledgement of hand-over `transfer`.
+    pub fn set_acknowledges(&mut self, transfer: u64) {
+        self.frame[0] = ACKNOWLEDGES;
         self.frame[1..PREFIX].copy_from_slice(&transfer.to_le_bytes());
     }
 }
@@ -219,8 +228,17 @@ pub fn decode<H: DeserializeOwned>(frame: &[u8]) -> Result<(H, &[u8]), WireError
 
 /// The hand-over a frame carries, if its body holds segment handles.
 pub fn transfer_of(frame: &[u8]) -> Option<u64> {
+    prefixed(frame, CARRIES_SEGMENTS)
+}
+
+/// The hand-over a frame acknowledges, if it is an acknowledgement. Reads the prefix only.
+pub fn acknowledgement_of(frame: &[u8]) -> Option<u64> {
+    prefixed(frame, ACKNOWLEDGES)
+}
+
+fn prefixed(frame: &[u8], flag: u8) -> Option<u64> {
     match frame.get(..PREFIX) {
-        Some([CARRIES_SEGMENTS, id @ ..]) => Some(u64::from_le_bytes(id.try_into().ok()?)),
+        Some([f, id @ ..]) if *f == flag => Some(u64::from_le_bytes(id.try_into().ok()?)),
         _ => None,
     }
 }
@@ -303,7 +321,17 @@ mod tests {
         assert_eq!(transfer_of(&encoded.frame), None);
         encoded.set_transfer(42);
         assert_eq!(transfer_of(&encoded.frame), Some(42));
+        assert_eq!(acknowledgement_of(&encoded.frame), None);
         assert_eq!(decode::<ToChild>(&encoded.frame).unwrap().0, ToChild::Stop);
+    }
+
+    #[test]
+    fn an_acknowledgement_is_known_from_its_prefix() {
+        let mut encoded = encode(&ToChild::ack(7), &()).unwrap();
+        encoded.set_acknowledges(7);
+        assert_eq!(acknowledgement_of(&encoded.frame), Some(7));
+        assert_eq!(transfer_of(&encoded.frame), None);
+        assert_eq!(decode::<ToChild>(&encoded.frame).unwrap().0, ToChild::Ack { transfer: 7 });
     }
 
     #[test]
