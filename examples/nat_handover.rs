@@ -35,13 +35,7 @@ impl ProcessHandler<Task> for Worker {
 }
 
 fn ours_in_dev_shm() -> usize {
-    std::fs::read_dir(ensemble::shm::SHM_DIR)
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|e| ensemble::shm::check_name(&e.file_name().to_string_lossy()).is_ok())
-                .count()
-        })
-        .unwrap_or(0)
+    ensemble::shm::segment_names().map_or(0, |names| names.len())
 }
 
 #[ensemble::main]

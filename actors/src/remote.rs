@@ -174,7 +174,7 @@ impl<A: ProcessActor> Remote<A> {
             Ok(pending) => CallState::Pending(pending),
             Err(failure) => CallState::Failed(Some(failure.into())),
         };
-        Call { state, timeout: None, sleep: None, _message: PhantomData }
+        Call { state, deadline: Deadline::default(), _message: PhantomData }
     }
 
     /// Sends `msg` without waiting for the handler (fire-and-forget). A failure of the handler
@@ -276,9 +276,28 @@ impl<A: ProcessActor> fmt::Debug for Remote<A> {
 #[must_use = "the message is sent already; await the Call to get its reply"]
 pub struct Call<M: RemoteMessage> {
     state: CallState,
-    timeout: Option<Duration>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Deadline,
     _message: PhantomData<fn() -> M>,
+}
+
+/// An optional per-call deadline, started at the first poll.
+#[derive(Default)]
+pub(crate) struct Deadline {
+    after: Option<Duration>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    pub(crate) fn set(&mut self, after: Duration) {
+        self.after = Some(after);
+    }
+
+    /// `Some(deadline)` once it has passed.
+    pub(crate) fn poll_passed(&mut self, cx: &mut Context<'_>) -> Option<Duration> {
+        let after = self.after?;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        sleep.as_mut().poll(cx).is_ready().then_some(after)
+    }
 }
 
 enum CallState {
@@ -290,7 +309,7 @@ impl<M: RemoteMessage> Call<M> {
     /// Fails the call with [`CallError::Timeout`] if no reply came within `deadline`, counted
     /// from the first poll. Needs a tokio runtime with its timer (actix-rt has one).
     pub fn timeout(mut self, deadline: Duration) -> Self {
-        self.timeout = Some(deadline);
+        self.deadline.set(deadline);
         self
     }
 }
@@ -307,12 +326,9 @@ impl<M: RemoteMessage> Future for Call<M> {
         if let Poll::Ready(result) = Pin::new(pending).poll(cx) {
             return Poll::Ready(result.map_err(CallError::from).and_then(|body| decode_reply::<M>(&body)));
         }
-        if let Some(deadline) = this.timeout {
-            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
-            if sleep.as_mut().poll(cx).is_ready() {
-                this.state = CallState::Failed(None);
-                return Poll::Ready(Err(CallError::Timeout(deadline)));
-            }
+        if let Some(deadline) = this.deadline.poll_passed(cx) {
+            this.state = CallState::Failed(None);
+            return Poll::Ready(Err(CallError::Timeout(deadline)));
         }
         Poll::Pending
     }

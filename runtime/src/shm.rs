@@ -36,7 +36,7 @@ pub(crate) mod transfer;
 
 pub use crate::sys::shared_slice::{SharedSlice, SharedSliceMut};
 pub use segment::{
-    check_name, remove_orphans, remove_orphans_older_than, Segment, SegmentError, ORPHAN_GRACE, PREFIX,
-    SHM_DIR,
+    check_name, remove_orphans, remove_orphans_older_than, segment_names, Segment, SegmentError,
+    ORPHAN_GRACE, PREFIX, SHM_DIR,
 };
 pub use transfer::Hold;

@@ -3,7 +3,7 @@
 use crate::actor::{Handles, ProcessActor};
 use crate::error::CallError;
 use crate::message::RemoteMessage;
-use crate::remote::Remote;
+use crate::remote::{Deadline, Remote};
 use crate::supervisor::spec::WhileDown;
 use ensemble_runtime::ExitInfo;
 use futures::future::BoxFuture;
@@ -57,7 +57,7 @@ impl<A: ProcessActor> Supervised<A> {
     {
         let current = self.current();
         let future = async move { current.await?.send(msg).await }.boxed();
-        SupervisedCall { future, timeout: None, sleep: None }
+        SupervisedCall { future, deadline: Deadline::default() }
     }
 
     /// Sends `msg` to the current incarnation without waiting for the handler.
@@ -146,15 +146,14 @@ impl<A: ProcessActor> fmt::Debug for Supervised<A> {
 #[must_use = "await the call to get its reply"]
 pub struct SupervisedCall<M: RemoteMessage> {
     future: BoxFuture<'static, Result<M::Result, CallError>>,
-    timeout: Option<Duration>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Deadline,
 }
 
 impl<M: RemoteMessage> SupervisedCall<M> {
     /// Fails with [`CallError::Timeout`] if no reply came within `deadline`, waiting for a
     /// restart included.
     pub fn timeout(mut self, deadline: Duration) -> Self {
-        self.timeout = Some(deadline);
+        self.deadline.set(deadline);
         self
     }
 }
@@ -167,12 +166,9 @@ impl<M: RemoteMessage> Future for SupervisedCall<M> {
         if let Poll::Ready(result) = this.future.as_mut().poll(cx) {
             return Poll::Ready(result);
         }
-        if let Some(deadline) = this.timeout {
-            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(CallError::Timeout(deadline)));
-            }
+        match this.deadline.poll_passed(cx) {
+            Some(deadline) => Poll::Ready(Err(CallError::Timeout(deadline))),
+            None => Poll::Pending,
         }
-        Poll::Pending
     }
 }

@@ -275,6 +275,21 @@ fn free_space() -> Option<u64> {
     String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
 }
 
+/// The names of every ensemble segment in `/dev/shm` now, held or not, by any program.
+///
+/// # Errors
+/// When `/dev/shm` cannot be listed.
+pub fn segment_names() -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(SHM_DIR)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if check_name(&name).is_ok() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
 /// How old a segment nobody holds must be before a sweep removes it. A segment whose sender
 /// died right after sending it is held by nobody until its receiver maps it; the grace period
 /// leaves the receiver that time.
@@ -299,13 +314,9 @@ pub fn remove_orphans() -> io::Result<Vec<String>> {
 /// When `/dev/shm` cannot be listed.
 pub fn remove_orphans_older_than(grace: Duration) -> io::Result<Vec<String>> {
     let mut removed = Vec::new();
-    for entry in std::fs::read_dir(SHM_DIR)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if check_name(&name).is_err() {
-            continue;
-        }
-        let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+    for name in segment_names()? {
+        let modified = std::fs::metadata(path_of(&name)).and_then(|m| m.modified());
+        let age = modified.ok().and_then(|t| t.elapsed().ok());
         if age.is_none_or(|age| age < grace) {
             continue;
         }
@@ -348,6 +359,7 @@ mod tests {
     #[test]
     fn a_created_segment_is_private_named_and_gone_after_the_last_drop() {
         let segment = Segment::create(10_000).unwrap();
+        assert!(segment_names().unwrap().contains(&segment.name().to_owned()));
         let path = path_of(segment.name());
         let meta = std::fs::metadata(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
