@@ -1,5 +1,6 @@
 //! The child side of a process actor: an actix actor that owns the user's state and runs the
-//! handlers, fed by a thread that blocks on the parent's channel.
+//! handlers, fed by a task on the same arbiter that reads the parent's connection (one wake-up
+//! per batch of frames, no thread hop).
 //!
 //! Life of a child, after the runtime's bootstrap:
 //! 1. decode the initial state; install logging (name and pid on every line) and the panic hook;
@@ -10,17 +11,19 @@
 use crate::actor::ProcessActor;
 use crate::context::{ContextShared, ProcessContext};
 use crate::dispatch::{install_panic_hook, panic_failure, Delivery, Dispatch, Outcome};
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, WrapFuture};
-use ensemble_runtime::__private::ipc_channel::ipc::IpcBytesReceiver;
+use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Handler, WrapFuture};
 use ensemble_runtime::child::ChildBoot;
+use ensemble_runtime::error_chain;
+use ensemble_runtime::transport::{Admission, Frame, LinkDriver, Payload, ReadError};
 use ensemble_runtime::wire::{self, Failure, ToChild, ToParent};
-use ensemble_runtime::{Outbox, Receiver};
+use ensemble_runtime::Outbox;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 /// Exit code of a child whose actor failed to start.
@@ -34,7 +37,7 @@ pub fn run_child<A: ProcessActor>(boot: ChildBoot) -> i32 {
     let span = tracing::info_span!("actor", name = %boot.name, pid = std::process::id());
     let _entered = span.enter();
     install_panic_hook();
-    let state = match wire::decode_body::<A>(&boot.state) {
+    let state = match wire::decode_body::<A>(boot.state()) {
         Ok(state) => state,
         Err(e) => {
             let what = format!("the initial state of {}", std::any::type_name::<A>());
@@ -42,29 +45,35 @@ pub fn run_child<A: ProcessActor>(boot: ChildBoot) -> i32 {
             return EXIT_START_FAILED;
         }
     };
-    let ChildBoot { name, from_parent, to_parent, .. } = boot;
-    let shared =
-        Arc::new(ContextShared { name, outbox: Outbox::new(to_parent), stop: AtomicBool::new(false) });
+    let link = Arc::clone(&boot.link);
+    let shared = Arc::new(ContextShared {
+        name: boot.name.clone(),
+        outbox: Outbox::new(Arc::clone(&link)),
+        stop: AtomicBool::new(false),
+    });
+    drop(boot);
     let system = actix_rt::System::new();
-    let started = system.block_on(start(state, shared, from_parent, span.clone()));
+    let started = system.block_on(start(state, shared));
     if !started {
+        let _ = link.flush_blocking(LAST_WORDS);
         return EXIT_START_FAILED;
     }
-    match system.run() {
+    let code = match system.run() {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("the actix system failed: {e}");
             EXIT_START_FAILED
         }
-    }
+    };
+    // Replies and events still queued leave before the process does.
+    let _ = link.flush_blocking(LAST_WORDS);
+    code
 }
 
-async fn start<A: ProcessActor>(
-    mut state: A,
-    shared: Arc<ContextShared>,
-    from_parent: IpcBytesReceiver,
-    span: tracing::Span,
-) -> bool {
+/// How long an exiting child waits for its last frames to leave.
+const LAST_WORDS: Duration = Duration::from_secs(5);
+
+async fn start<A: ProcessActor>(mut state: A, shared: Arc<ContextShared>) -> bool {
     let mut ctx = ProcessContext::<A>::new(Arc::clone(&shared));
     let failure = match std::panic::catch_unwind(AssertUnwindSafe(|| state.pre_run(&mut ctx))) {
         Ok(Ok(())) => None,
@@ -72,10 +81,18 @@ async fn start<A: ProcessActor>(
         Err(payload) => Some(panic_failure(payload)),
     };
     if let Some(failure) = failure {
-        let _ = shared.outbox.send(&ToParent::StartFailed, &failure);
+        let _ = shared.outbox.send(&ToParent::StartFailed, &failure, Admission::Control);
         return false;
     }
-    if shared.outbox.send(&ToParent::Ready, &()).is_err() {
+    let driver = match LinkDriver::new(Arc::clone(shared.outbox.link())) {
+        Ok(driver) => driver,
+        Err(e) => {
+            let failure = Failure::Error { message: format!("cannot watch the connection: {e}") };
+            let _ = shared.outbox.send(&ToParent::StartFailed, &failure, Admission::Control);
+            return false;
+        }
+    };
+    if shared.outbox.send(&ToParent::Ready, &(), Admission::Control).is_err() {
         return false;
     }
     let addr = Backend {
@@ -86,43 +103,50 @@ async fn start<A: ProcessActor>(
         stopping: false,
     }
     .start();
-    let receiving = std::thread::Builder::new().name("ensemble-rx".into()).spawn(move || {
-        let _entered = span.enter();
-        let mut from_parent = Receiver::new(from_parent);
-        // After each frame the next is often close behind (the caller's next call): look for
-        // it briefly before blocking.
-        while let Ok(frame) = from_parent.recv(true) {
-            // Hand over whatever else has arrived in one go: one wake-up of the arbiter per
-            // batch instead of one per frame.
-            let mut batch = Vec::new();
-            let mut next = Some(frame);
-            while let Some(frame) = next {
-                if !acknowledged(&shared, &frame) {
-                    batch.push(frame);
-                }
-                next = if batch.len() < MAX_BATCH {
-                    // A closed channel shows up again at the next blocking `recv`.
-                    from_parent.try_recv().and_then(Result::ok)
-                } else {
-                    None
-                };
-            }
-            if !batch.is_empty() {
-                addr.do_send(Incoming(batch));
-            }
-        }
-        tracing::debug!("the parent's channel closed");
-        shared.outbox.abandon_all();
-        addr.do_send(ParentGone);
-    });
-    receiving.is_ok()
+    actix_rt::spawn(read_parent(driver, shared, addr));
+    true
 }
 
-/// Handles the parent's acknowledgement of a hand-over right on the receiving thread, so that
-/// the holds go even while the actor is busy or stopping. Returns whether `frame` was one.
-/// Only the frame's prefix is read: other frames are decoded once, by the actor.
-fn acknowledged(shared: &ContextShared, frame: &[u8]) -> bool {
-    match wire::acknowledgement_of(frame) {
+/// Reads the parent's frames on this arbiter and hands them to the backend, all that arrived
+/// in one wake-up as one message; flushes what did not fit in the socket.
+async fn read_parent<A: ProcessActor>(
+    mut driver: LinkDriver,
+    shared: Arc<ContextShared>,
+    addr: Addr<Backend<A>>,
+) {
+    let end = std::future::poll_fn(|cx| {
+        if let Poll::Ready(Err(e)) = driver.poll_flush(cx) {
+            return Poll::Ready(Err(ReadError::Local(std::io::Error::other(e))));
+        }
+        let mut batch = Vec::new();
+        let end = loop {
+            match driver.poll_frame(cx) {
+                Poll::Ready(Ok(frame)) if !acknowledged(&shared, &frame) => batch.push(frame),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
+            }
+        };
+        if !batch.is_empty() {
+            addr.do_send(Incoming(batch));
+        }
+        end
+    })
+    .await;
+    match end {
+        Err(ReadError::Closed) => tracing::debug!("the parent's connection closed"),
+        Err(e) => tracing::error!("stopping: {e}"),
+        Ok(()) => {}
+    }
+    shared.outbox.abandon_all();
+    addr.do_send(ParentGone);
+}
+
+/// Handles the parent's acknowledgement of a hand-over at once, so that the holds go even while
+/// the actor is busy or stopping. Returns whether `frame` was one. Only the frame's prefix is
+/// read: other frames are decoded once, by the actor.
+fn acknowledged(shared: &ContextShared, frame: &Frame) -> bool {
+    match wire::acknowledgement_of(&frame.bytes) {
         Some(transfer) => {
             shared.outbox.acknowledged(transfer);
             true
@@ -134,14 +158,11 @@ fn acknowledged(shared: &ContextShared, frame: &[u8]) -> bool {
 /// How long a stopping child waits for the parent to take the segments it handed over.
 const HANDOVER_GRACE: Duration = Duration::from_secs(5);
 
-/// The most frames handed to the arbiter in one message.
-const MAX_BATCH: usize = 64;
-
 struct Backend<A: ProcessActor> {
     state: Rc<RefCell<A>>,
     ctx: ProcessContext<A>,
     /// Frames received but not handled yet, in order.
-    backlog: VecDeque<Vec<u8>>,
+    backlog: VecDeque<Frame>,
     /// An async handler is running: the backlog waits for it.
     busy: bool,
     /// A stop was asked for: the backlog is dropped, its callers see the exit.
@@ -152,17 +173,20 @@ impl<A: ProcessActor> Actor for Backend<A> {
     type Context = actix::Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.finish_handovers();
-        let Ok(mut state) = self.state.try_borrow_mut() else {
-            tracing::error!("stopped while a handler still holds the state; post_run skipped");
-            actix::System::current().stop();
-            return;
-        };
-        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| state.post_run(&mut self.ctx))) {
-            tracing::error!("post_run {}", panic_failure(payload));
+        match self.state.try_borrow_mut() {
+            Ok(mut state) => {
+                let post_run = std::panic::catch_unwind(AssertUnwindSafe(|| state.post_run(&mut self.ctx)));
+                if let Err(payload) = post_run {
+                    tracing::error!("post_run {}", panic_failure(payload));
+                }
+            }
+            Err(_) => tracing::error!("stopped while a handler still holds the state; post_run skipped"),
         }
-        // Children of this process's supervisor stop in order before the process exits.
-        actix::spawn(async {
+        let shared = Arc::clone(self.ctx.shared_arc());
+        // Children of this process's supervisor stop in order before the process exits, and
+        // segments this child handed over reach the parent before it lets go of them.
+        actix::spawn(async move {
+            finish_handovers(&shared).await;
             if let Err(e) = crate::supervisor::shutdown_process_supervisor().await {
                 tracing::warn!("this process's supervisor: {e}");
             }
@@ -172,7 +196,7 @@ impl<A: ProcessActor> Actor for Backend<A> {
 }
 
 /// Frames from the parent, in the order they arrived.
-struct Incoming(Vec<Vec<u8>>);
+struct Incoming(Vec<Frame>);
 
 impl actix::Message for Incoming {
     type Result = ();
@@ -210,7 +234,11 @@ impl<A: ProcessActor> Backend<A> {
         }
     }
 
-    fn handle_frame(&mut self, frame: Vec<u8>, ctx: &mut actix::Context<Self>) {
+    fn handle_frame(&mut self, frame: Frame, ctx: &mut actix::Context<Self>) {
+        if !frame.fds.is_empty() {
+            tracing::warn!("ignoring {} descriptors attached to a frame", frame.fds.len());
+        }
+        let frame = frame.bytes;
         let (header, body) = match wire::decode::<ToChild>(&frame) {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -237,7 +265,7 @@ impl<A: ProcessActor> Backend<A> {
     fn dispatch(
         &mut self,
         tag: u32,
-        frame: Vec<u8>,
+        frame: Payload,
         at: usize,
         id: Option<u64>,
         ctx: &mut actix::Context<Self>,
@@ -271,14 +299,17 @@ impl<A: ProcessActor> Backend<A> {
         let encoded = match (outcome, id) {
             (Ok(Some(encoded)), _) => Some(encoded),
             (Ok(None), _) => None,
-            (Err(failure), Some(id)) => wire::encode(&ToParent::Reply { id, ok: false }, &failure).ok(),
+            (Err(failure), Some(id)) => {
+                let frame = self.ctx_shared().outbox.link().frame_buf();
+                wire::encode_into(frame, &ToParent::Reply { id, ok: false }, &failure).ok()
+            }
             (Err(failure), None) => {
                 tracing::error!("a message sent with do_send failed: {failure}");
                 None
             }
         };
         if let Some(encoded) = encoded {
-            if let Err(e) = self.ctx_shared().outbox.send_encoded(encoded) {
+            if let Err(e) = self.ctx_shared().outbox.send_encoded(encoded, Admission::Control) {
                 tracing::debug!("cannot reply, the parent is gone: {e}");
                 self.stop(ctx);
             }
@@ -291,14 +322,20 @@ impl<A: ProcessActor> Backend<A> {
     fn ctx_shared(&self) -> &ContextShared {
         self.ctx.shared()
     }
+}
 
-    /// Segments this child handed over must reach the parent before the child lets go of them
-    /// by exiting: wait (bounded) for the parent's acknowledgements.
-    fn finish_handovers(&self) {
-        let outbox = &self.ctx_shared().outbox;
-        if outbox.in_flight() > 0 && !outbox.wait_drained(HANDOVER_GRACE) {
-            tracing::warn!("{} hand-overs still unacknowledged after {HANDOVER_GRACE:?}", outbox.in_flight());
-        }
+/// Segments this child handed over must reach the parent before the child lets go of them by
+/// exiting: wait (bounded) for the parent's acknowledgements, which this arbiter reads.
+async fn finish_handovers(shared: &ContextShared) {
+    let deadline = tokio::time::Instant::now() + HANDOVER_GRACE;
+    while shared.outbox.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if shared.outbox.in_flight() > 0 {
+        tracing::warn!(
+            "{} hand-overs still unacknowledged after {HANDOVER_GRACE:?}",
+            shared.outbox.in_flight()
+        );
     }
 }
 
@@ -310,15 +347,4 @@ fn init_logging(ansi: bool) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -1,6 +1,7 @@
 //! What a handler can do besides replying: push events, stop its process, know its name.
 
 use crate::actor::ProcessActor;
+use ensemble_runtime::transport::Admission;
 use ensemble_runtime::wire::ToParent;
 use ensemble_runtime::{Outbox, SendError};
 use std::fmt;
@@ -26,12 +27,18 @@ pub(crate) struct ContextShared {
 /// An event that could not be sent to the frontend.
 #[derive(Debug, thiserror::Error)]
 pub enum SendOutError {
-    /// The event's `Serialize` impl failed.
-    #[error("the event could not be encoded: {0}")]
-    Encode(String),
+    /// The event's `Serialize` impl failed, or it is over the size limit.
+    #[error("the event could not be encoded")]
+    Encode(#[source] ensemble_runtime::wire::WireError),
+    /// The connection's send queue is full: the parent is not reading. Nothing was sent.
+    #[error("the send queue to the parent is full")]
+    Full,
     /// The parent has gone away.
     #[error("the parent process is gone")]
     ParentGone,
+    /// The kernel refused the frame (e.g. no memory for a large event).
+    #[error("the event could not be sent")]
+    Io(#[source] std::io::Error),
 }
 
 impl<A: ProcessActor> ProcessContext<A> {
@@ -42,12 +49,17 @@ impl<A: ProcessActor> ProcessContext<A> {
     /// Pushes an event to the frontend, where it arrives on [`Remote::events`](crate::Remote::events)
     /// (valkka's `send_out__`). Events keep their order, also relative to replies.
     ///
+    /// Never blocks: when the connection's queue is full (the parent is not reading), the
+    /// event is refused.
+    ///
     /// # Errors
-    /// [`SendOutError`] when the event does not encode or the parent is gone.
+    /// [`SendOutError`] when the event does not encode, the queue is full or the parent is gone.
     pub fn send_out(&self, event: A::Event) -> Result<(), SendOutError> {
-        self.shared.outbox.send(&ToParent::Event, &event).map_err(|e| match e {
+        self.shared.outbox.send(&ToParent::Event, &event, Admission::Bounded).map_err(|e| match e {
             SendError::Encode(e) => SendOutError::Encode(e),
+            SendError::Full => SendOutError::Full,
             SendError::Closed => SendOutError::ParentGone,
+            SendError::Io(e) => SendOutError::Io(e),
         })
     }
 
@@ -63,6 +75,10 @@ impl<A: ProcessActor> ProcessContext<A> {
     }
 
     pub(crate) fn shared(&self) -> &ContextShared {
+        &self.shared
+    }
+
+    pub(crate) fn shared_arc(&self) -> &Arc<ContextShared> {
         &self.shared
     }
 

@@ -7,6 +7,7 @@
 use crate::actor::{AsyncProcessHandler, ProcessActor, ProcessHandler};
 use crate::context::ProcessContext;
 use crate::message::RemoteMessage;
+use ensemble_runtime::transport::Payload;
 use ensemble_runtime::wire::{self, Encoded, Failure, ToParent};
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
@@ -33,7 +34,7 @@ pub type SyncEntry<A> = fn(&mut A, &[u8], &mut ProcessContext<A>, Delivery) -> O
 
 /// An asynchronous handler entry: like [`SyncEntry`], owning what the future needs.
 pub type AsyncEntry<A> =
-    fn(Rc<RefCell<A>>, Vec<u8>, usize, ProcessContext<A>, Delivery) -> LocalBoxFuture<'static, Outcome>;
+    fn(Rc<RefCell<A>>, Payload, usize, ProcessContext<A>, Delivery) -> LocalBoxFuture<'static, Outcome>;
 
 /// One row of an actor's handler table.
 pub enum Dispatch<A: ProcessActor> {
@@ -60,7 +61,7 @@ where
     let msg = decode::<A, M>(body, ctx, delivery)?;
     let reply =
         std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(msg, ctx))).map_err(panic_failure)?;
-    encode_reply::<M>(delivery.id, &reply)
+    encode_reply::<A, M>(ctx, delivery.id, &reply)
 }
 
 /// The entry for a [`Batch<M>`](crate::farm::Batch) of an actor with a [`ProcessHandler<M>`]:
@@ -86,13 +87,13 @@ where
             std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(task, ctx))).map_err(panic_failure)
         })
         .collect();
-    encode_reply::<crate::farm::Batch<M>>(delivery.id, &results)
+    encode_reply::<A, crate::farm::Batch<M>>(ctx, delivery.id, &results)
 }
 
 /// The entry for an [`AsyncProcessHandler<M>`].
 pub fn async_entry<A, M>(
     state: Rc<RefCell<A>>,
-    frame: Vec<u8>,
+    frame: Payload,
     at: usize,
     mut ctx: ProcessContext<A>,
     delivery: Delivery,
@@ -112,7 +113,7 @@ where
             state.handle(msg, &mut ctx).await
         });
         let reply = handled.catch_unwind().await.map_err(panic_failure)?;
-        encode_reply::<M>(delivery.id, &reply)
+        encode_reply::<A, M>(&ctx, delivery.id, &reply)
     }
     .boxed_local()
 }
@@ -131,9 +132,14 @@ fn decode<A: ProcessActor, M: RemoteMessage>(
     msg.map_err(|e| Failure::Decode { what: std::any::type_name::<M>().to_owned(), detail: e.to_string() })
 }
 
-fn encode_reply<M: RemoteMessage>(id: Option<u64>, reply: &M::Result) -> Outcome {
+fn encode_reply<A: ProcessActor, M: RemoteMessage>(
+    ctx: &ProcessContext<A>,
+    id: Option<u64>,
+    reply: &M::Result,
+) -> Outcome {
     let Some(id) = id else { return Ok(None) };
-    wire::encode(&ToParent::Reply { id, ok: true }, reply)
+    let frame = ctx.shared().outbox.link().frame_buf();
+    wire::encode_into(frame, &ToParent::Reply { id, ok: true }, reply)
         .map(Some)
         .map_err(|e| Failure::Error { message: format!("the reply could not be encoded: {e}") })
 }

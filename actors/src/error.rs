@@ -1,6 +1,7 @@
 //! The errors of the actors crate: one per operation, each variant something the caller acts on
 //! differently.
 
+use ensemble_runtime::transport::ProtocolError;
 use ensemble_runtime::{CallFailure, ExitInfo, Failure};
 use std::time::Duration;
 
@@ -44,6 +45,22 @@ pub enum CallError {
     /// The child reported another failure (e.g. a reply that could not be encoded).
     #[error("the call failed in the child: {0}")]
     Failed(String),
+    /// The actor's process broke the protocol (wrote garbage on its connection, sent bytes that
+    /// do not decode as what they claim to be): it was killed, and every call fails this way.
+    #[error("the actor's process broke the protocol and was killed")]
+    Protocol(#[source] ProtocolError),
+    /// The actor's send queue is full (it is not reading): nothing was sent. `do_send` only;
+    /// `send` waits for room instead.
+    #[error("the actor's send queue is full")]
+    Full,
+    /// The message is larger than the actor's `max_message_size`; nothing was sent.
+    #[error("the message is over the size limit: {len} bytes or more, the limit is {limit} (SpawnOptions::max_message_size)")]
+    TooLarge {
+        /// How many bytes were encoded before the limit was passed.
+        len: u64,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl From<CallFailure> for CallError {
@@ -57,6 +74,9 @@ impl From<CallFailure> for CallError {
             CallFailure::Exited(info) => CallError::Exited(info),
             CallFailure::Stopping => CallError::Stopping,
             CallFailure::Encode(detail) => CallError::Encode(detail),
+            CallFailure::Protocol(error) => CallError::Protocol(error),
+            CallFailure::Full => CallError::Full,
+            CallFailure::TooLarge { len, limit } => CallError::TooLarge { len, limit },
         }
     }
 }

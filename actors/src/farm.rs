@@ -53,6 +53,7 @@ use crate::message::RemoteMessage;
 use crate::supervisor::{
     ChildSpec, Intensity, Supervised, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle,
 };
+use ensemble_runtime::transport::ProtocolError;
 use ensemble_runtime::{ExitInfo, Failure};
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -272,12 +273,23 @@ impl<A: ProcessActor> Farm<A> {
             Err(error) => return (Err(error), false),
         };
         let lane = &self.lanes[w];
+        let tasks = batch.tasks.len();
         // The ticket and the frame go out together, so that tickets are in queue order.
         let (ticket, call) = {
             let _order = lane.order.lock().unwrap_or_else(|e| e.into_inner());
             (lane.send(), remote.send(batch))
         };
-        let result = call.await;
+        let result = match call.await {
+            Ok(results) if results.len() != tasks => {
+                let error = ProtocolError::Unexpected(format!(
+                    "a batch reply with {} results for {tasks} tasks",
+                    results.len()
+                ));
+                remote.protocol_violation(error.clone());
+                Err(CallError::Protocol(error))
+            }
+            other => other,
+        };
         lane.done(result.is_ok());
         (result, lane.was_running(ticket))
     }

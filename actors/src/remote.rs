@@ -3,7 +3,10 @@
 use crate::actor::{Handles, ProcessActor};
 use crate::error::{CallError, EventError, StopError};
 use crate::message::RemoteMessage;
-use ensemble_runtime::{wire, Body, Connection, ExitInfo, PendingCall, SpawnConfig, SpawnError};
+use ensemble_runtime::transport::{Limits, ProtocolError};
+use ensemble_runtime::{
+    wire, Body, CallFailure, Connection, ExitInfo, PendingCall, ReadOn, SpawnConfig, SpawnError,
+};
 use futures::channel::{mpsc, oneshot};
 use futures::Stream;
 use std::fmt;
@@ -37,6 +40,12 @@ pub struct SpawnOptions {
     pub cpu: Option<usize>,
     /// Extra environment variables for the child.
     pub env: Vec<(String, String)>,
+    /// The largest message (encoded) either side accepts; larger ones are refused at send
+    /// with [`CallError::TooLarge`]. Default: 256 MiB.
+    pub max_message_size: usize,
+    /// How many messages may wait for room in the connection's socket. When the queue is full,
+    /// `do_send` fails with [`CallError::Full`] and `send` waits for room. Default: 1024.
+    pub send_queue: usize,
 }
 
 impl Default for SpawnOptions {
@@ -49,6 +58,8 @@ impl Default for SpawnOptions {
             shutdown_timeout: Duration::from_secs(5),
             cpu: None,
             env: Vec::new(),
+            max_message_size: process.limits.max_message,
+            send_queue: process.send_queue,
         }
     }
 }
@@ -95,6 +106,18 @@ impl SpawnOptions {
         self
     }
 
+    /// Sets the largest message either side accepts, in bytes.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets how many messages may wait for room in the connection.
+    pub fn send_queue(mut self, messages: usize) -> Self {
+        self.send_queue = messages;
+        self
+    }
+
     fn config<A: ProcessActor>(&self) -> SpawnConfig {
         let default_name = A::KEY.rsplit("::").next().unwrap_or(A::KEY);
         SpawnConfig {
@@ -103,6 +126,8 @@ impl SpawnOptions {
             start_timeout: self.start_timeout,
             cpu: self.cpu,
             env: self.env.clone(),
+            limits: Limits { max_message: self.max_message_size },
+            send_queue: self.send_queue,
         }
     }
 }
@@ -124,7 +149,7 @@ pub async fn spawn<A: ProcessActor>(actor: A) -> Result<Remote<A>, SpawnError> {
 /// # Errors
 /// As [`spawn`].
 pub async fn spawn_with<A: ProcessActor>(actor: A, options: SpawnOptions) -> Result<Remote<A>, SpawnError> {
-    let (state, holds) = wire::encode_body(&actor).map_err(|e| SpawnError::Encode(e.to_string()))?;
+    let (state, holds) = wire::encode_body(&actor).map_err(SpawnError::Encode)?;
     let config = options.config::<A>();
     let (tx, rx) = oneshot::channel();
     std::thread::Builder::new()
@@ -137,14 +162,26 @@ pub async fn spawn_with<A: ProcessActor>(actor: A, options: SpawnOptions) -> Res
             let _ = tx.send(spawned);
         })
         .map_err(SpawnError::Launch)?;
-    let spawned = rx.await.map_err(|_| SpawnError::Handshake("the spawning thread died".into()))??;
-    let connection = Connection::new(spawned, options.shutdown_timeout).map_err(SpawnError::Launch)?;
+    let spawned =
+        rx.await.map_err(|_| SpawnError::Launch(std::io::Error::other("the spawning thread died")))??;
+    let connection = Connection::new(spawned, options.shutdown_timeout, reader_placement());
     tracing::debug!(pid = connection.process().pid(), name = connection.process().name(), "spawned");
     Ok(Remote {
         connection: Arc::new(connection),
         shutdown_timeout: options.shutdown_timeout,
         _actor: PhantomData,
     })
+}
+
+/// Where the connection of an actor spawned here is read: on this actix arbiter, which polls its
+/// tasks for as long as it lives (one wake-up per reply), else on the runtime's I/O thread (a
+/// plain thread, a tokio runtime that may be blocked or dropped).
+fn reader_placement() -> ReadOn {
+    if actix_rt::Arbiter::try_current().is_some() && tokio::runtime::Handle::try_current().is_ok() {
+        ReadOn::Current
+    } else {
+        ReadOn::IoThread
+    }
 }
 
 /// The frontend of a process actor: calls become messages handled in the child.
@@ -160,29 +197,37 @@ pub struct Remote<A: ProcessActor> {
 
 impl<A: ProcessActor> Remote<A> {
     /// Sends `msg` and returns a future of the reply. The message leaves at once, whether or
-    /// not the future is awaited; calls from many tasks are in flight together.
+    /// not the future is awaited; calls from many tasks are in flight together. When the send
+    /// queue is full (the child is not reading), the message waits and leaves when the future
+    /// is polled and the queue has room: this is the backpressure of `send`.
     ///
     /// # Errors
-    /// The future resolves to a [`CallError`]: the handler panicked, the process exited (at
-    /// once, never a hang), the deadline passed, or something did not decode.
+    /// The future resolves to a [`CallError`]: the handler panicked, the process exited or
+    /// broke the protocol (at once, never a hang), the deadline passed, something did not
+    /// decode, or the message is over the size limit.
     pub fn send<M>(&self, msg: M) -> Call<M>
     where
         A: Handles<M>,
         M: RemoteMessage,
     {
-        let state = match self.connection.call(<A as Handles<M>>::TAG, &msg) {
+        let tag = <A as Handles<M>>::TAG;
+        let state = match self.connection.call(tag, &msg) {
             Ok(pending) => CallState::Pending(pending),
+            Err(CallFailure::Full) => {
+                CallState::Waiting { msg: Some(msg), tag, connection: Arc::clone(&self.connection) }
+            }
             Err(failure) => CallState::Failed(Some(failure.into())),
         };
-        Call { state, deadline: Deadline::default(), _message: PhantomData }
+        Call { state, deadline: Deadline::default() }
     }
 
     /// Sends `msg` without waiting for the handler (fire-and-forget). A failure of the handler
-    /// is logged by the child.
+    /// is logged by the child. Never blocks.
     ///
     /// # Errors
-    /// [`CallError::Exited`] or [`CallError::Stopping`] when the actor is gone or stopping,
-    /// [`CallError::Encode`] when the message does not encode.
+    /// [`CallError::Exited`], [`CallError::Protocol`] or [`CallError::Stopping`] when the actor
+    /// is gone or stopping, [`CallError::Full`] when the send queue is full (nothing is sent),
+    /// [`CallError::Encode`] or [`CallError::TooLarge`] when the message does not encode.
     pub fn do_send<M>(&self, msg: M) -> Result<(), CallError>
     where
         A: Handles<M>,
@@ -251,6 +296,12 @@ impl<A: ProcessActor> Remote<A> {
     pub fn name(&self) -> &str {
         self.connection.process().name()
     }
+
+    /// Declares that the child broke the protocol (seen by a layer above the connection): it is
+    /// killed and every call fails with [`CallError::Protocol`].
+    pub(crate) fn protocol_violation(&self, error: ProtocolError) {
+        self.connection.protocol_violation(error);
+    }
 }
 
 impl<A: ProcessActor> Clone for Remote<A> {
@@ -275,9 +326,8 @@ impl<A: ProcessActor> fmt::Debug for Remote<A> {
 /// Dropping it forgets the reply; the handler still runs in the child.
 #[must_use = "the message is sent already; await the Call to get its reply"]
 pub struct Call<M: RemoteMessage> {
-    state: CallState,
+    state: CallState<M>,
     deadline: Deadline,
-    _message: PhantomData<fn() -> M>,
 }
 
 /// An optional per-call deadline, started at the first poll.
@@ -300,10 +350,19 @@ impl Deadline {
     }
 }
 
-enum CallState {
+enum CallState<M> {
+    /// Sent; waiting for the reply.
     Pending(PendingCall),
+    /// The send queue was full: the message waits for room.
+    Waiting {
+        msg: Option<M>,
+        tag: u32,
+        connection: Arc<Connection>,
+    },
     Failed(Option<CallError>),
 }
+
+impl<M> Unpin for CallState<M> {}
 
 impl<M: RemoteMessage> Call<M> {
     /// Fails the call with [`CallError::Timeout`] if no reply came within `deadline`, counted
@@ -319,12 +378,29 @@ impl<M: RemoteMessage> Future for Call<M> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let pending = match &mut this.state {
-            CallState::Pending(pending) => pending,
-            CallState::Failed(error) => return Poll::Ready(Err(error.take().unwrap_or(CallError::Stopping))),
+        if let CallState::Waiting { msg, tag, connection } = &mut this.state {
+            while connection.poll_room(cx).is_ready() {
+                let message = msg.as_ref().expect("a waiting call holds its message");
+                this.state = match connection.call(*tag, message) {
+                    Ok(pending) => CallState::Pending(pending),
+                    Err(CallFailure::Full) => continue,
+                    Err(failure) => CallState::Failed(Some(failure.into())),
+                };
+                break;
+            }
+        }
+        let ready = match &mut this.state {
+            CallState::Pending(pending) => match Pin::new(pending).poll(cx) {
+                Poll::Ready(result) => {
+                    Some(result.map_err(CallError::from).and_then(|body| decode_reply::<M>(&body)))
+                }
+                Poll::Pending => None,
+            },
+            CallState::Waiting { .. } => None,
+            CallState::Failed(error) => Some(Err(error.take().unwrap_or(CallError::Stopping))),
         };
-        if let Poll::Ready(result) = Pin::new(pending).poll(cx) {
-            return Poll::Ready(result.map_err(CallError::from).and_then(|body| decode_reply::<M>(&body)));
+        if let Some(result) = ready {
+            return Poll::Ready(result);
         }
         if let Some(deadline) = this.deadline.poll_passed(cx) {
             this.state = CallState::Failed(None);
@@ -335,9 +411,18 @@ impl<M: RemoteMessage> Future for Call<M> {
 }
 
 fn decode_reply<M: RemoteMessage>(body: &Body) -> Result<M::Result, CallError> {
-    body.decode::<M::Result>().map_err(|e| CallError::Decode {
-        what: format!("the reply to {}", std::any::type_name::<M>()),
-        detail: e.to_string(),
+    body.decode::<M::Result>().map_err(|e| {
+        if e.is_malformed() {
+            CallError::Protocol(ProtocolError::Undecodable(format!(
+                "the reply to {}: {e}",
+                std::any::type_name::<M>()
+            )))
+        } else {
+            CallError::Decode {
+                what: format!("the reply to {}", std::any::type_name::<M>()),
+                detail: e.to_string(),
+            }
+        }
     })
 }
 

@@ -258,10 +258,7 @@ impl SupervisorHandle {
     }
 
     async fn add_child(&self, child: Arc<dyn Child>) -> Result<(), SpawnError> {
-        self.addr
-            .send(AddChild(child))
-            .await
-            .map_err(|_| SpawnError::Handshake("the supervisor is gone".into()))?
+        self.addr.send(AddChild(child)).await.map_err(|_| SpawnError::Abandoned("the supervisor is gone"))?
     }
 
     /// Stops every child in reverse start order (graceful, then killed after each one's

@@ -1,23 +1,32 @@
 //! The parent's side of a live child: calls matched to replies, events, stop and exit.
 //!
-//! One reader thread per child blocks in `recv` on the child's channel; it is the only thread
-//! that wakes when the child sends, and it completes the caller's future directly. Sends go out
-//! on the caller's own thread with no hop.
+//! One task per child, the *driver*, reads the child's frames, flushes what did not fit in the
+//! socket, and watches the child's pidfd. It runs on a tokio reactor chosen at creation
+//! ([`ReadOn`]): the spawning actix arbiter (one wake-up per reply: the reactor wakes the
+//! arbiter, which completes the caller's future in the same turn) or the process-wide I/O thread.
+//! If the arbiter stops while the child still runs, the driver moves to the I/O thread, so that
+//! no reply, event or exit ever waits for a runtime that nobody polls. Sends go out on the
+//! caller's own thread with no hop.
 //!
 //! Invariants:
 //! - A call is registered before its frame is sent, under the same lock that records the
-//!   child's exit. So either the reader fails it when the child dies, or the caller sees the
+//!   child's exit. So either the driver fails it when the child dies, or the caller sees the
 //!   exit first: no call waits for a reply that cannot come.
-//! - When the child's channel closes, the reader reaps the child, fails every pending call with
-//!   its [`ExitInfo`], ends the event stream and wakes everyone waiting for the exit.
+//! - The child's exit is learned from its pidfd, never from a read of 0 bytes. When it has
+//!   exited, the driver reads what the child sent before, reaps it, fails every pending call,
+//!   ends the event stream and wakes everyone waiting for the exit.
+//! - A child that breaks the protocol (any [`ProtocolError`], also one found while decoding a
+//!   reply or event body) is killed and reaped; every pending and later call fails at once
+//!   with [`CallFailure::Protocol`].
 
+use crate::io_thread;
 use crate::outbox::{Outbox, SendError};
 use crate::process::{ChildProcess, ExitInfo};
-use crate::receive::Receiver;
 use crate::spawn::Spawned;
-use crate::wire::{self, Failure, ToChild, ToParent};
+use crate::sys::reactor::{self, Owner};
+use crate::transport::{Admission, Frame, LinkDriver, Payload, ProtocolError, ReadError};
+use crate::wire::{self, Failure, ToChild, ToParent, WireError};
 use futures_channel::{mpsc, oneshot};
-use ipc_channel::ipc::IpcBytesReceiver;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,8 +34,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 
-/// How long a child whose channel closed may take to exit before it is killed.
+/// How long a child whose connection closed may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a call or cast produced no reply value.
@@ -36,19 +46,40 @@ pub enum CallFailure {
     Remote(Failure),
     /// The child exited or was killed before replying.
     Exited(ExitInfo),
+    /// The child broke the protocol; it was killed.
+    Protocol(ProtocolError),
     /// A stop was requested: the child takes no new calls.
     Stopping,
     /// The message could not be encoded.
     Encode(String),
+    /// The message is larger than the connection's limit; nothing was sent.
+    TooLarge {
+        /// How many bytes were encoded before the limit was passed.
+        len: u64,
+        /// The limit.
+        limit: usize,
+    },
+    /// The send queue is full; nothing was sent.
+    Full,
 }
 
-/// An encoded reply, or the encoded event, with the offset of its body in the frame.
+/// Where a connection's driver runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOn {
+    /// The current tokio runtime, which must poll its tasks for as long as it lives (an actix
+    /// arbiter does; a current-thread runtime outside `block_on` does not). When it shuts down
+    /// the driver moves to the I/O thread.
+    Current,
+    /// The process-wide I/O thread ([`crate::io_thread`]).
+    IoThread,
+}
+
+/// An encoded reply, or an encoded event, with the offset of its body in the frame.
 #[derive(Debug)]
 pub struct Body {
-    frame: Vec<u8>,
+    frame: Payload,
     at: usize,
-    /// Where to acknowledge the hand-over of the segments in it.
-    outbox: Arc<Outbox<ToChild>>,
+    core: Arc<Core>,
 }
 
 impl Body {
@@ -58,14 +89,20 @@ impl Body {
     }
 
     /// Decodes the body; if it hands over segments, acknowledges them once they are held
-    /// (and also when decoding failed, so that the sender lets go).
+    /// (and also when decoding failed, so that the sender lets go). Malformed bytes (see
+    /// [`WireError::is_malformed`]) mean the child broke the protocol: it is killed.
     ///
     /// # Errors
     /// As [`wire::decode_body`].
-    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, wire::WireError> {
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, WireError> {
         let value = wire::decode_body(self.bytes());
         if let Some(transfer) = wire::transfer_of(&self.frame) {
-            self.outbox.acknowledge(transfer);
+            self.core.outbox.acknowledge(transfer);
+        }
+        if let Err(e) = &value {
+            if e.is_malformed() {
+                self.core.violation(ProtocolError::Undecodable(e.to_string()));
+            }
         }
         value
     }
@@ -75,16 +112,17 @@ impl Body {
 /// reaped within `shutdown_timeout` (killed if need be).
 #[derive(Debug)]
 pub struct Connection {
-    shared: Arc<Shared>,
-    outbox: Arc<Outbox<ToChild>>,
+    core: Arc<Core>,
     events: Mutex<Option<mpsc::UnboundedReceiver<Body>>>,
     shutdown_timeout: Duration,
 }
 
 #[derive(Debug)]
-struct Shared {
+struct Core {
     process: Arc<ChildProcess>,
+    outbox: Outbox<ToChild>,
     state: Mutex<State>,
+    events: mpsc::UnboundedSender<Body>,
 }
 
 #[derive(Debug, Default)]
@@ -92,66 +130,83 @@ struct State {
     next_id: u64,
     pending: HashMap<u64, oneshot::Sender<Result<Body, CallFailure>>>,
     stopping: bool,
+    broken: Option<ProtocolError>,
     exit: Option<ExitInfo>,
     exit_waiters: Vec<oneshot::Sender<ExitInfo>>,
 }
 
 impl Connection {
-    /// Takes over a spawned child and starts its reader thread.
+    /// Takes over a spawned child and starts its driver on `read_on`.
     ///
-    /// # Errors
-    /// When the reader thread cannot be started; the child is then killed and reaped.
-    pub fn new(spawned: Spawned, shutdown_timeout: Duration) -> std::io::Result<Connection> {
-        let Spawned { process, to_child, to_parent } = spawned;
-        let shared = Arc::new(Shared { process, state: Mutex::new(State::default()) });
-        let outbox = Arc::new(Outbox::new(to_child));
+    /// # Panics
+    /// With [`ReadOn::Current`] outside a tokio runtime.
+    pub fn new(spawned: Spawned, shutdown_timeout: Duration, read_on: ReadOn) -> Connection {
+        let Spawned { process, link } = spawned;
         let (events_tx, events_rx) = mpsc::unbounded();
-        let (reader, reader_outbox) = (Arc::clone(&shared), Arc::clone(&outbox));
-        std::thread::Builder::new()
-            .name(format!("ensemble-rx-{}", shared.process.pid()))
-            .spawn(move || reader.read(to_parent, &reader_outbox, events_tx))?;
-        Ok(Connection { shared, outbox, events: Mutex::new(Some(events_rx)), shutdown_timeout })
+        let core = Arc::new(Core {
+            process,
+            outbox: Outbox::new(link),
+            state: Mutex::new(State::default()),
+            events: events_tx,
+        });
+        let driver = drive(Arc::clone(&core));
+        match read_on {
+            ReadOn::Current => drop(tokio::spawn(driver)),
+            ReadOn::IoThread => drop(io_thread::handle().spawn(driver)),
+        }
+        Connection { core, events: Mutex::new(Some(events_rx)), shutdown_timeout }
     }
 
     /// The child process.
     pub fn process(&self) -> &Arc<ChildProcess> {
-        &self.shared.process
+        &self.core.process
     }
 
     /// Sends a call to handler `tag`; the returned future resolves to the reply body.
     ///
     /// # Errors
-    /// [`CallFailure::Exited`] or [`CallFailure::Stopping`] at once when the child is gone or
-    /// stopping; [`CallFailure::Encode`] when `body` does not serialize.
+    /// At once, with nothing sent: [`CallFailure::Exited`], [`CallFailure::Protocol`] or
+    /// [`CallFailure::Stopping`] when the child is gone, broken or stopping;
+    /// [`CallFailure::Full`] when the send queue is full (see [`Connection::poll_room`]);
+    /// [`CallFailure::Encode`] or [`CallFailure::TooLarge`] when `body` does not encode.
     pub fn call<B: Serialize + ?Sized>(&self, tag: u32, body: &B) -> Result<PendingCall, CallFailure> {
+        if !self.core.outbox.link().has_room() {
+            self.core.lock().usable()?;
+            return Err(CallFailure::Full);
+        }
         let (tx, rx) = oneshot::channel();
         let id = {
-            let mut state = self.shared.lock();
+            let mut state = self.core.lock();
             state.usable()?;
             state.next_id += 1;
             let id = state.next_id;
             state.pending.insert(id, tx);
             id
         };
-        let pending = PendingCall { id, rx, shared: Arc::clone(&self.shared) };
-        match self.outbox.send(&ToChild::Call { id, tag }, body) {
-            // A closed channel means the child is gone: the reader fails the call with its exit.
+        let pending = PendingCall { id, rx, core: Arc::clone(&self.core) };
+        match self.core.outbox.send(&ToChild::Call { id, tag }, body, Admission::Bounded) {
+            // A closed connection means the child is gone: the driver fails the call with its exit.
             Ok(()) | Err(SendError::Closed) => Ok(pending),
-            Err(SendError::Encode(e)) => Err(CallFailure::Encode(e)),
+            Err(e) => Err(send_failure(e)),
         }
     }
 
     /// Sends a message to handler `tag` without waiting for a reply.
     ///
     /// # Errors
-    /// As [`Connection::call`]; in addition [`CallFailure::Exited`] when the send fails.
+    /// As [`Connection::call`].
     pub fn cast<B: Serialize + ?Sized>(&self, tag: u32, body: &B) -> Result<(), CallFailure> {
-        self.shared.lock().usable()?;
-        match self.outbox.send(&ToChild::Cast { tag }, body) {
+        self.core.lock().usable()?;
+        match self.core.outbox.send(&ToChild::Cast { tag }, body, Admission::Bounded) {
             Ok(()) => Ok(()),
-            Err(SendError::Encode(e)) => Err(CallFailure::Encode(e)),
-            Err(SendError::Closed) => Err(CallFailure::Exited(self.shared.process.reap(EXIT_GRACE))),
+            Err(SendError::Closed) => Err(self.core.lock().usable().err().unwrap_or(CallFailure::Stopping)),
+            Err(e) => Err(send_failure(e)),
         }
+    }
+
+    /// Ready when the send queue has room for a call or cast; else wakes `cx` when it has.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.core.outbox.link().poll_room(cx)
     }
 
     /// The stream of encoded events; `None` after the first call.
@@ -163,18 +218,18 @@ impl Connection {
     /// [`CallFailure::Stopping`]. Returns false when the child had exited already.
     pub fn request_stop(&self) -> bool {
         {
-            let mut state = self.shared.lock();
+            let mut state = self.core.lock();
             if state.exit.is_some() {
                 return false;
             }
             state.stopping = true;
         }
-        self.outbox.send(&ToChild::Stop, &()).is_ok()
+        self.core.outbox.send(&ToChild::Stop, &(), Admission::Control).is_ok()
     }
 
     /// Resolves once the child has exited and was reaped.
     pub fn exited(&self) -> Exited {
-        let mut state = self.shared.lock();
+        let mut state = self.core.lock();
         let (tx, rx) = oneshot::channel();
         match &state.exit {
             Some(info) => {
@@ -182,17 +237,33 @@ impl Connection {
             }
             None => state.exit_waiters.push(tx),
         }
-        Exited { rx, process: Arc::clone(&self.shared.process) }
+        Exited { rx, process: Arc::clone(&self.core.process) }
     }
 
     /// How the child ended, if it has.
     pub fn exit_info(&self) -> Option<ExitInfo> {
-        self.shared.lock().exit.clone()
+        self.core.lock().exit.clone()
     }
 
     /// How many hand-overs of segments to the child await its acknowledgement.
     pub fn handovers_in_flight(&self) -> usize {
-        self.outbox.in_flight()
+        self.core.outbox.in_flight()
+    }
+
+    /// Declares that the child broke the protocol (found by a layer above, e.g. a batch reply
+    /// of the wrong length): it is killed, and every pending and later call fails.
+    pub fn protocol_violation(&self, error: ProtocolError) {
+        self.core.violation(error);
+    }
+}
+
+fn send_failure(e: SendError) -> CallFailure {
+    match e {
+        SendError::Encode(WireError::TooLarge { len, limit }) => CallFailure::TooLarge { len, limit },
+        SendError::Encode(e) => CallFailure::Encode(e.to_string()),
+        SendError::Full => CallFailure::Full,
+        SendError::Closed => CallFailure::Stopping,
+        SendError::Io(e) => CallFailure::Encode(format!("the frame could not be sent: {e}")),
     }
 }
 
@@ -201,92 +272,217 @@ impl Drop for Connection {
         if !self.request_stop() {
             return;
         }
-        let process = Arc::clone(&self.shared.process);
+        let process = Arc::clone(&self.core.process);
         let timeout = self.shutdown_timeout;
-        let watchdog = std::thread::Builder::new().name("ensemble-stop".into()).spawn(move || {
-            if process.wait_reaped(timeout).is_none() {
-                tracing::warn!(pid = process.pid(), "child did not stop within {timeout:?}; killing it");
-                process.kill();
+        io_thread::handle().spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if process.exit_info().is_none() && process.kill() {
+                tracing::warn!(pid = process.pid(), "child did not stop within {timeout:?}; killed it");
             }
         });
-        if watchdog.is_err() {
-            self.shared.process.kill();
-        }
     }
 }
 
 impl State {
     fn usable(&self) -> Result<(), CallFailure> {
-        match (&self.exit, self.stopping) {
-            (Some(info), _) => Err(CallFailure::Exited(info.clone())),
-            (None, true) => Err(CallFailure::Stopping),
-            (None, false) => Ok(()),
+        match (&self.broken, &self.exit, self.stopping) {
+            (Some(broken), _, _) => Err(CallFailure::Protocol(broken.clone())),
+            (None, Some(info), _) => Err(CallFailure::Exited(info.clone())),
+            (None, None, true) => Err(CallFailure::Stopping),
+            (None, None, false) => Ok(()),
         }
     }
 }
 
-impl Shared {
+impl Core {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The reader thread: routes frames until the child's channel closes, then reaps.
-    fn read(
-        &self,
-        from_child: IpcBytesReceiver,
-        outbox: &Arc<Outbox<ToChild>>,
-        events: mpsc::UnboundedSender<Body>,
-    ) {
-        let mut from_child = Receiver::new(from_child);
-        loop {
-            // Spin for the next frame only while a reply is due.
-            let expecting = !self.lock().pending.is_empty();
-            let Ok(frame) = from_child.recv(expecting) else { break };
-            self.route(frame, outbox, &events);
+    /// The child broke the protocol: fail every call now, kill it; the driver reaps it.
+    fn violation(&self, error: ProtocolError) {
+        let pending = {
+            let mut state = self.lock();
+            if state.broken.is_some() || state.exit.is_some() {
+                return;
+            }
+            tracing::error!(
+                pid = self.process.pid(),
+                name = self.process.name(),
+                "the child broke the protocol and is killed: {error}"
+            );
+            state.broken = Some(error.clone());
+            std::mem::take(&mut state.pending)
+        };
+        self.process.kill();
+        for (_, tx) in pending {
+            let _ = tx.send(Err(CallFailure::Protocol(error.clone())));
         }
-        drop(from_child);
-        outbox.abandon_all();
-        let exit = self.process.reap(EXIT_GRACE);
-        let (pending, waiters) = {
+    }
+
+    fn route(self: &Arc<Self>, frame: Frame) {
+        if !frame.fds.is_empty() {
+            let received = frame.fds.len();
+            return self.violation(ProtocolError::UnexpectedDescriptors { announced: 0, received });
+        }
+        let (header, at) = match wire::decode::<ToParent>(&frame.bytes) {
+            Ok((header, body)) => (header, frame.bytes.len() - body.len()),
+            Err(e) => return self.violation(ProtocolError::Undecodable(e.to_string())),
+        };
+        let body = Body { frame: frame.bytes, at, core: Arc::clone(self) };
+        match header {
+            ToParent::Reply { id, ok } => self.reply(id, ok, body),
+            ToParent::Event => {
+                let _ = self.events.unbounded_send(body);
+            }
+            ToParent::Ack { transfer } => self.outbox.acknowledged(transfer),
+            other => self.violation(ProtocolError::Unexpected(format!("{other:?} after the handshake"))),
+        }
+    }
+
+    fn reply(&self, id: u64, ok: bool, body: Body) {
+        let result = if ok {
+            Ok(body)
+        } else {
+            match wire::decode_body::<Failure>(body.bytes()) {
+                Ok(failure) => Err(CallFailure::Remote(failure)),
+                Err(e) => return self.violation(ProtocolError::Undecodable(format!("a failure: {e}"))),
+            }
+        };
+        // A reply to a call nobody waits for any more (dropped, timed out) is discarded.
+        if let Some(tx) = self.lock().pending.remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// The child has exited: reap it and tell everyone.
+    fn finish(&self, exit: ExitInfo) {
+        self.outbox.abandon_all();
+        let (pending, waiters, broken) = {
             let mut state = self.lock();
             state.exit = Some(exit.clone());
-            (std::mem::take(&mut state.pending), std::mem::take(&mut state.exit_waiters))
+            (
+                std::mem::take(&mut state.pending),
+                std::mem::take(&mut state.exit_waiters),
+                state.broken.clone(),
+            )
         };
         for (_, tx) in pending {
-            let _ = tx.send(Err(CallFailure::Exited(exit.clone())));
+            let failure =
+                broken.clone().map_or_else(|| CallFailure::Exited(exit.clone()), CallFailure::Protocol);
+            let _ = tx.send(Err(failure));
         }
         for tx in waiters {
             let _ = tx.send(exit.clone());
         }
+        self.events.close_channel();
     }
+}
 
-    fn route(&self, frame: Vec<u8>, outbox: &Arc<Outbox<ToChild>>, events: &mpsc::UnboundedSender<Body>) {
-        let (header, body) = match wire::decode::<ToParent>(&frame) {
-            Ok(decoded) => decoded,
-            Err(e) => {
-                tracing::error!(pid = self.process.pid(), "dropping a frame that does not decode: {e}");
-                return;
-            }
-        };
-        let at = frame.len() - body.len();
-        match header {
-            ToParent::Reply { id, ok } => {
-                let Some(tx) = self.lock().pending.remove(&id) else { return };
-                let result = if ok {
-                    Ok(Body { frame, at, outbox: Arc::clone(outbox) })
-                } else {
-                    Err(CallFailure::Remote(wire::decode_body::<Failure>(&frame[at..]).unwrap_or_else(|e| {
-                        Failure::Decode { what: "failure".into(), detail: e.to_string() }
-                    })))
-                };
-                let _ = tx.send(result);
-            }
-            ToParent::Event => {
-                let _ = events.unbounded_send(Body { frame, at, outbox: Arc::clone(outbox) });
-            }
-            ToParent::Ack { transfer } => outbox.acknowledged(transfer),
-            other => tracing::error!(pid = self.process.pid(), "unexpected frame {other:?}"),
+/// Moves a driver to the I/O thread if its runtime drops it before the child was reaped.
+struct MoveOnDrop(Option<Arc<Core>>);
+
+impl Drop for MoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(core) = self.0.take() {
+            tracing::debug!(
+                pid = core.process.pid(),
+                "the connection's runtime stopped; reading it on the I/O thread"
+            );
+            drop(io_thread::handle().spawn(drive(core)));
         }
+    }
+}
+
+/// How the reading phase of a driver ended.
+enum End {
+    Exited,
+    Read(ReadError),
+}
+
+async fn drive(core: Arc<Core>) {
+    let mut guard = MoveOnDrop(Some(Arc::clone(&core)));
+    let exit = read_until_exit(&core).await;
+    guard.0 = None;
+    core.finish(exit);
+}
+
+async fn read_until_exit(core: &Arc<Core>) -> ExitInfo {
+    let registered = LinkDriver::new(Arc::clone(core.outbox.link()))
+        .and_then(|driver| Ok((driver, reactor::register(Arc::clone(&core.process))?)));
+    let (mut driver, pidfd) = match registered {
+        Ok(registered) => registered,
+        Err(e) => {
+            tracing::error!(pid = core.process.pid(), "cannot watch the connection: {e}; killing the child");
+            core.process.kill();
+            return reap(core).await;
+        }
+    };
+    let end = std::future::poll_fn(|cx| poll_connection(core, &mut driver, &pidfd, cx)).await;
+    match end {
+        End::Exited => drain(core),
+        End::Read(ReadError::Closed) => {
+            let exited = tokio::time::timeout(EXIT_GRACE, pidfd.readable()).await;
+            if exited.is_err() {
+                core.violation(ProtocolError::ClosedWhileAlive);
+            }
+        }
+        End::Read(ReadError::Protocol(e)) => core.violation(e),
+        End::Read(ReadError::Local(e)) => {
+            tracing::error!(
+                pid = core.process.pid(),
+                "reading the connection failed on our side: {e}; killing the child"
+            );
+            core.process.kill();
+        }
+    }
+    let _ = pidfd.readable().await;
+    reap(core).await
+}
+
+fn poll_connection(
+    core: &Arc<Core>,
+    driver: &mut LinkDriver,
+    pidfd: &AsyncFd<Owner<Arc<ChildProcess>>>,
+    cx: &mut Context<'_>,
+) -> Poll<End> {
+    // A failed flush means the child is gone; its pidfd will say so.
+    let _ = driver.poll_flush(cx);
+    loop {
+        match driver.poll_frame(cx) {
+            Poll::Ready(Ok(frame)) => core.route(frame),
+            Poll::Ready(Err(e)) => return Poll::Ready(End::Read(e)),
+            Poll::Pending => break,
+        }
+        if core.lock().broken.is_some() {
+            return Poll::Ready(End::Exited);
+        }
+    }
+    match pidfd.poll_read_ready(cx) {
+        Poll::Ready(_) => Poll::Ready(End::Exited),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Routes the frames the child sent before it exited.
+fn drain(core: &Arc<Core>) {
+    while core.lock().broken.is_none() {
+        match core.outbox.link().recv_now() {
+            Ok(Some(frame)) => core.route(frame),
+            Ok(None) | Err(ReadError::Closed) => return,
+            Err(ReadError::Protocol(e)) => return core.violation(e),
+            Err(ReadError::Local(_)) => return,
+        }
+    }
+}
+
+/// Reaps an exited (or killed) child without blocking the runtime.
+async fn reap(core: &Core) -> ExitInfo {
+    loop {
+        if let Some(exit) = core.process.try_reap() {
+            return exit;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -298,7 +494,7 @@ impl Shared {
 pub struct PendingCall {
     id: u64,
     rx: oneshot::Receiver<Result<Body, CallFailure>>,
-    shared: Arc<Shared>,
+    core: Arc<Core>,
 }
 
 impl Future for PendingCall {
@@ -307,13 +503,10 @@ impl Future for PendingCall {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match Pin::new(&mut self.rx).poll(cx) {
             Poll::Ready(Ok(result)) => Poll::Ready(result),
-            // The reader drops senders only after it recorded the exit.
-            Poll::Ready(Err(_)) => Poll::Ready(Err(self
-                .shared
-                .lock()
-                .exit
-                .clone()
-                .map_or(CallFailure::Stopping, CallFailure::Exited))),
+            // The driver drops senders only after it recorded the exit or the violation.
+            Poll::Ready(Err(_)) => {
+                Poll::Ready(Err(self.core.lock().usable().err().unwrap_or(CallFailure::Stopping)))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -321,7 +514,7 @@ impl Future for PendingCall {
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
-        self.shared.lock().pending.remove(&self.id);
+        self.core.lock().pending.remove(&self.id);
     }
 }
 

@@ -1,11 +1,12 @@
 //! The substrate of ensemble: child processes, the handshake, the wire format and the transport
-//! over ipc-channel. It knows nothing of actix; `ensemble-actors` builds the actors on it.
+//! (AF_UNIX seqpacket sockets of its own, driven by tokio's reactor). It knows nothing of actix;
+//! `ensemble-actors` builds the actors on it.
 //!
 //! - [`spawn()`] re-executes the current executable as a child and runs the handshake.
 //! - [`Connection`] is the parent's end of a live child: calls, casts, events, stop, exit.
 //! - [`child`] is the child's end: the bootstrap that runs before `main`, and the registry of
 //!   actor types ([`child::ACTORS`]).
-//! - [`wire`] defines the frames.
+//! - [`wire`] defines the frames; [`transport`] carries them.
 //!
 //! All `unsafe` code of ensemble lives in the private `sys` module.
 
@@ -15,27 +16,45 @@
 pub mod build;
 pub mod child;
 mod connection;
+pub mod io_thread;
 mod outbox;
 mod process;
-mod receive;
 pub mod shm;
 mod spawn;
 mod stderr_tail;
 #[allow(unsafe_code)]
 mod sys;
+pub mod transport;
 pub mod wire;
 
 pub use build::{BuildId, PROTOCOL_VERSION};
-pub use connection::{Body, CallFailure, Connection, Exited, PendingCall};
+pub use connection::{Body, CallFailure, Connection, Exited, PendingCall, ReadOn};
 pub use outbox::{Outbox, SendError};
 pub use process::{live_children, signal_name, wait_for_children, ChildProcess, ExitInfo};
-pub use receive::{Closed, Receiver};
-pub use spawn::{spawn, SpawnConfig, SpawnError, Spawned};
+pub use spawn::{spawn, SpawnConfig, SpawnError, Spawned, DEFAULT_SEND_QUEUE, MIN_LINUX};
 pub use sys::{ignore_signal, pin_to_cpu, set_thread_name};
 pub use wire::Failure;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use ipc_channel;
     pub use linkme;
+}
+
+/// An error's message followed by those of its sources, joined with ": ".
+///
+/// # Examples
+/// ```
+/// let inner = std::io::Error::other("disk full");
+/// let outer = ensemble_runtime::SpawnError::Launch(inner);
+/// assert_eq!(ensemble_runtime::error_chain(&outer), "could not start the child process: disk full");
+/// ```
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -6,29 +6,46 @@
 //! the peer's death abandons every one still open. Either way the holds are dropped.
 
 use crate::shm::handover::Handover;
-use crate::wire::{self, AckHeader, Encoded};
-use ipc_channel::ipc::IpcBytesSender;
+use crate::transport::{Admission, Link, LinkSendError};
+use crate::wire::{self, AckHeader, Encoded, WireError};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Why a frame was not sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// The body (or header) did not encode; nothing was sent.
-    #[error("could not encode: {0}")]
-    Encode(String),
+    /// The body (or header) did not encode, or is over the message limit; nothing was sent.
+    #[error("could not encode the message")]
+    Encode(#[source] WireError),
+    /// The send queue is full; nothing was sent.
+    #[error("the send queue is full")]
+    Full,
     /// The peer's end is closed.
     #[error("the peer is gone")]
     Closed,
+    /// The kernel refused the frame (e.g. no memory for a large body).
+    #[error("the frame could not be sent")]
+    Io(#[source] std::io::Error),
+}
+
+impl From<LinkSendError> for SendError {
+    fn from(e: LinkSendError) -> Self {
+        match e {
+            LinkSendError::Full => SendError::Full,
+            LinkSendError::Closed => SendError::Closed,
+            LinkSendError::TooLarge { len, limit } => SendError::Encode(WireError::TooLarge { len, limit }),
+            LinkSendError::Io(e) => SendError::Io(e),
+        }
+    }
 }
 
 /// A sending end: frames with headers of type `H`.
 pub struct Outbox<H> {
-    sender: Mutex<IpcBytesSender>,
+    link: Arc<Link>,
     next_transfer: AtomicU64,
     in_flight: Mutex<HashMap<u64, Handover>>,
     drained: Condvar,
@@ -36,10 +53,10 @@ pub struct Outbox<H> {
 }
 
 impl<H: AckHeader> Outbox<H> {
-    /// Wraps the ipc-channel sender of a connection.
-    pub fn new(sender: IpcBytesSender) -> Self {
+    /// Sends on `link`.
+    pub fn new(link: Arc<Link>) -> Self {
         Outbox {
-            sender: Mutex::new(sender),
+            link,
             next_transfer: AtomicU64::new(1),
             in_flight: Mutex::new(HashMap::new()),
             drained: Condvar::new(),
@@ -47,33 +64,50 @@ impl<H: AckHeader> Outbox<H> {
         }
     }
 
+    /// The link frames leave on.
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
     /// Encodes and sends one frame.
     ///
     /// # Errors
-    /// [`SendError::Encode`] when it does not encode, [`SendError::Closed`] when the peer is gone.
-    pub fn send<B: Serialize + ?Sized>(&self, header: &H, body: &B) -> Result<(), SendError> {
-        let encoded = wire::encode(header, body).map_err(|e| SendError::Encode(e.to_string()))?;
-        self.send_encoded(encoded)
+    /// [`SendError::Encode`] when it does not encode or is over the limit, [`SendError::Full`]
+    /// when a bounded send finds the queue full, [`SendError::Closed`] when the peer is gone.
+    pub fn send<B: Serialize + ?Sized>(
+        &self,
+        header: &H,
+        body: &B,
+        admission: Admission,
+    ) -> Result<(), SendError> {
+        if admission == Admission::Bounded && !self.link.has_room() {
+            return Err(SendError::Full);
+        }
+        let encoded = wire::encode_into(self.link.frame_buf(), header, body).map_err(SendError::Encode)?;
+        self.send_encoded(encoded, admission)
     }
 
     /// Sends an encoded frame, opening a hand-over if it carries segments.
     ///
     /// # Errors
-    /// [`SendError::Closed`] when the peer is gone (the hand-over is abandoned).
-    pub fn send_encoded(&self, mut encoded: Encoded) -> Result<(), SendError> {
-        let transfer = encoded.carries_segments().then(|| {
-            let transfer = self.next_transfer.fetch_add(1, Ordering::Relaxed);
-            encoded.set_transfer(transfer);
-            let holds = std::mem::take(&mut encoded.holds);
-            self.lock_in_flight().insert(transfer, Handover::notify(transfer, holds));
-            transfer
-        });
-        let sent = self.sender.lock().unwrap_or_else(|e| e.into_inner()).send(&encoded.frame);
-        if sent.is_err() {
+    /// As [`Outbox::send`]; an open hand-over is abandoned when the frame was not sent.
+    pub fn send_encoded(&self, mut encoded: Encoded, admission: Admission) -> Result<(), SendError> {
+        let transfer = match encoded.carries_segments() {
+            true => {
+                let transfer = self.next_transfer.fetch_add(1, Ordering::Relaxed);
+                encoded.set_transfer(transfer).map_err(SendError::Io)?;
+                let holds = std::mem::take(&mut encoded.holds);
+                self.lock_in_flight().insert(transfer, Handover::notify(transfer, holds));
+                Some(transfer)
+            }
+            false => None,
+        };
+        let sent = self.link.send(encoded.frame, Vec::new(), admission);
+        if let Err(e) = sent {
             if let Some(transfer) = transfer {
                 self.finish(transfer, |h| h.abandon());
             }
-            return Err(SendError::Closed);
+            return Err(e.into());
         }
         Ok(())
     }
@@ -85,9 +119,10 @@ impl<H: AckHeader> Outbox<H> {
 
     /// Tells the peer that this side holds the segments of its hand-over `transfer`.
     pub fn acknowledge(&self, transfer: u64) {
-        if let Ok(mut encoded) = wire::encode(&H::ack(transfer), &()) {
-            encoded.set_acknowledges(transfer);
-            let _ = self.send_encoded(encoded);
+        if let Ok(mut encoded) = wire::encode_into(self.link.frame_buf(), &H::ack(transfer), &()) {
+            if encoded.set_acknowledges(transfer).is_ok() {
+                let _ = self.send_encoded(encoded, Admission::Control);
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 use crate::stderr_tail::StderrTail;
 use crate::sys;
 use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -109,6 +110,8 @@ fn count_live(delta: isize) {
 /// A child process started by [`crate::spawn`], owned by the parent until it is reaped.
 pub struct ChildProcess {
     pid: u32,
+    /// Readable once the child has exited: how its end is noticed, never by a read of 0.
+    pidfd: OwnedFd,
     name: String,
     state: Mutex<State>,
     exited: Condvar,
@@ -121,15 +124,30 @@ struct State {
 }
 
 impl ChildProcess {
-    pub(crate) fn new(child: Child, name: String, stderr: StderrTail) -> ChildProcess {
+    /// Takes over a started child. On error (no pidfd) the child is killed and reaped.
+    pub(crate) fn new(mut child: Child, name: String, stderr: StderrTail) -> std::io::Result<ChildProcess> {
+        let pidfd = match sys::pidfd_open(child.id()) {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
         count_live(1);
-        ChildProcess {
+        Ok(ChildProcess {
             pid: child.id(),
+            pidfd,
             name,
             state: Mutex::new(State { child, exit: None }),
             exited: Condvar::new(),
             stderr,
-        }
+        })
+    }
+
+    /// A descriptor that becomes readable when the child exits.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
     }
 
     /// The child's pid.
@@ -169,17 +187,17 @@ impl ChildProcess {
     /// short. Returns how it ended; every later call returns the same.
     pub fn reap(&self, grace: Duration) -> ExitInfo {
         let deadline = Instant::now() + grace;
-        let mut pause = Duration::from_micros(50);
         let mut killed = false;
         loop {
             if let Some(info) = self.try_reap() {
                 return info;
             }
-            if !killed && Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !killed && left.is_zero() {
                 killed = self.kill();
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(10));
+            let wait = if killed { Duration::from_millis(100) } else { left };
+            let _ = sys::socket::wait_readable(&[self.pidfd.as_fd()], wait);
         }
     }
 
@@ -225,6 +243,13 @@ impl Drop for ChildProcess {
             self.kill();
             self.reap(Duration::ZERO);
         }
+    }
+}
+
+impl AsFd for ChildProcess {
+    /// The pidfd.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
     }
 }
 

@@ -5,8 +5,14 @@
 //! are stated once, next to the call.
 
 mod hook;
+pub(crate) mod memfd;
 mod process;
+pub(crate) mod reactor;
 pub(crate) mod shared_slice;
 pub(crate) mod shm;
+pub(crate) mod socket;
 
-pub use process::{cpus_allowed, die_with_parent, ignore_signal, kill, pin_to_cpu, set_thread_name, Signal};
+pub use process::{
+    die_with_parent, ignore_signal, kernel_version, kill, pidfd_open, pin_to_cpu, raise_nofile_limit,
+    set_thread_name, Signal,
+};

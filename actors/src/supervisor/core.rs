@@ -111,7 +111,7 @@ impl Handler<AddChild> for SupervisorActor {
         actix::AtomicResponse::new(Box::pin(
             async move {
                 if core.borrow().ended.is_some() {
-                    return Err(SpawnError::Handshake("the supervisor has ended".into()));
+                    return Err(SpawnError::Abandoned("the supervisor has ended"));
                 }
                 let incarnation = child.start().await?;
                 let index = {

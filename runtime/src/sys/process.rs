@@ -96,6 +96,7 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
 }
 
 /// How many CPUs the calling thread may run on.
+#[cfg(test)]
 pub fn cpus_allowed() -> usize {
     // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity writes at most
     // `size_of::<cpu_set_t>()` bytes into the live local, and CPU_COUNT only reads it.
@@ -120,6 +121,44 @@ pub fn set_thread_name(name: &str) {
     unsafe {
         libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0);
     }
+}
+
+/// A pidfd for child `pid`: readable once the child has exited (Linux 5.3).
+///
+/// The caller must not have reaped `pid` yet, so that the number still names its child.
+///
+/// # Errors
+/// The `pidfd_open` error (`ENOSYS` before Linux 5.3, `ESRCH`).
+pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
+    Ok(rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?)
+}
+
+/// Raises this process's soft limit on open descriptors to the hard limit, once.
+///
+/// Descriptors travel in frames; a full table would make the kernel drop received ones
+/// (`MSG_CTRUNC`), which would look like the peer's fault.
+pub fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current != limit.maximum {
+            let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+        }
+    });
+}
+
+/// The running kernel's version as (major, minor), from `uname`.
+pub fn kernel_version() -> (u32, u32) {
+    let uname = rustix::system::uname();
+    parse_kernel_release(&uname.release().to_string_lossy())
+}
+
+fn parse_kernel_release(release: &str) -> (u32, u32) {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok());
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -155,6 +194,24 @@ mod tests {
         });
         assert_eq!(handle.join().unwrap().unwrap(), 1);
         assert!(cpus_allowed() >= 1);
+    }
+
+    #[test]
+    fn kernel_releases_parse_to_major_and_minor() {
+        assert_eq!(parse_kernel_release("6.18.0-1-cloud-amd64"), (6, 18));
+        assert_eq!(parse_kernel_release("5.3"), (5, 3));
+        assert_eq!(parse_kernel_release("garbage"), (0, 0));
+        assert!(kernel_version() >= (5, 3));
+    }
+
+    #[test]
+    fn a_pidfd_of_a_child_becomes_readable_when_it_exits() {
+        use std::os::fd::AsFd;
+        let mut child = std::process::Command::new("/bin/sleep").arg("0.05").spawn().unwrap();
+        let pidfd = pidfd_open(child.id()).unwrap();
+        let ready = crate::sys::socket::wait_readable(&[pidfd.as_fd()], std::time::Duration::from_secs(10));
+        assert_eq!(ready.unwrap(), Some(0));
+        assert!(child.wait().unwrap().success());
     }
 
     #[test]
