@@ -118,19 +118,20 @@ async fn read_parent<A: ProcessActor>(
         if let Poll::Ready(Err(e)) = driver.poll_flush(cx) {
             return Poll::Ready(Err(ReadError::Local(std::io::Error::other(e))));
         }
-        let mut batch = Vec::new();
-        let end = loop {
+        loop {
             match driver.poll_frame(cx) {
-                Poll::Ready(Ok(frame)) if !acknowledged(&shared, &frame) => batch.push(frame),
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
-                Poll::Pending => break Poll::Pending,
+                Poll::Ready(Ok(frame)) if acknowledged(&shared, &frame) => {}
+                Poll::Ready(Ok(frame)) => {
+                    addr.do_send(Incoming(vec![frame]));
+                    // The backend handles it (and replies) before this task reads again: the
+                    // read that finds the socket empty is off the round trip's critical path.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
-        };
-        if !batch.is_empty() {
-            addr.do_send(Incoming(batch));
         }
-        end
     })
     .await;
     match end {

@@ -236,6 +236,29 @@ impl<A: ProcessActor> Remote<A> {
         Ok(self.connection.cast(<A as Handles<M>>::TAG, &msg)?)
     }
 
+    /// Sends `msg` without a reply, like [`Remote::do_send`], but waits for room when the send
+    /// queue is full instead of failing: fire-and-forget with backpressure, for streams of
+    /// messages.
+    ///
+    /// # Errors
+    /// As [`Remote::do_send`], except [`CallError::Full`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves sends nothing more; a message is sent whole or
+    /// not at all.
+    pub async fn cast<M>(&self, msg: M) -> Result<(), CallError>
+    where
+        A: Handles<M>,
+        M: RemoteMessage,
+    {
+        loop {
+            match self.connection.cast(<A as Handles<M>>::TAG, &msg) {
+                Err(CallFailure::Full) => std::future::poll_fn(|cx| self.connection.poll_room(cx)).await,
+                sent => return Ok(sent?),
+            }
+        }
+    }
+
     /// The events the backend pushes with [`ProcessContext::send_out`](crate::ProcessContext::send_out),
     /// in order, from the start of the process. The stream ends when the process has exited.
     /// There is one stream per actor: the first call gets it, later calls get `None`.

@@ -4,9 +4,10 @@
 //! socket, and watches the child's pidfd. It runs on a tokio reactor chosen at creation
 //! ([`ReadOn`]): the spawning actix arbiter (one wake-up per reply: the reactor wakes the
 //! arbiter, which completes the caller's future in the same turn) or the process-wide I/O thread.
-//! If the arbiter stops while the child still runs, the driver moves to the I/O thread, so that
-//! no reply, event or exit ever waits for a runtime that nobody polls. Sends go out on the
-//! caller's own thread with no hop.
+//! If that runtime stops while the child still runs, or leaves the connection unread (its thread
+//! is blocked, or it is not being polled), the driver moves to the I/O thread (see
+//! [`watchdog`]), so that no reply, event or exit ever waits for a runtime that nobody polls.
+//! Sends go out on the caller's own thread with no hop.
 //!
 //! Invariants:
 //! - A call is registered before its frame is sent, under the same lock that records the
@@ -18,6 +19,8 @@
 //! - A child that breaks the protocol (any [`ProtocolError`], also one found while decoding a
 //!   reply or event body) is killed and reaped; every pending and later call fails at once
 //!   with [`CallFailure::Protocol`].
+
+mod watchdog;
 
 use crate::io_thread;
 use crate::outbox::{Outbox, SendError};
@@ -31,6 +34,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -123,6 +127,26 @@ struct Core {
     outbox: Outbox<ToChild>,
     state: Mutex<State>,
     events: mpsc::UnboundedSender<Body>,
+    reading: Reading,
+}
+
+/// Who reads the connection. A driver reads only under `lock`; a driver on a caller's runtime
+/// stops reading once `moved` is set, and the I/O thread's driver takes over.
+#[derive(Debug, Default)]
+struct Reading {
+    lock: Mutex<()>,
+    moved: AtomicBool,
+    /// Counts the polls of the driver on the caller's runtime: the watchdog's sign of life.
+    progress: AtomicU64,
+}
+
+/// Where a driver runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Home {
+    /// A runtime of the caller's: it may stop, or stop polling.
+    Caller,
+    /// The I/O thread, which always polls.
+    Io,
 }
 
 #[derive(Debug, Default)]
@@ -148,11 +172,14 @@ impl Connection {
             outbox: Outbox::new(link),
             state: Mutex::new(State::default()),
             events: events_tx,
+            reading: Reading::default(),
         });
-        let driver = drive(Arc::clone(&core));
         match read_on {
-            ReadOn::Current => drop(tokio::spawn(driver)),
-            ReadOn::IoThread => drop(io_thread::handle().spawn(driver)),
+            ReadOn::Current => {
+                watchdog::watch(&core);
+                drop(tokio::spawn(drive(Arc::clone(&core), Home::Caller)));
+            }
+            ReadOn::IoThread => core.move_to_io_thread(),
         }
         Connection { core, events: Mutex::new(Some(events_rx)), shutdown_timeout }
     }
@@ -299,6 +326,18 @@ impl Core {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Starts the I/O thread's driver, once; a driver on a caller's runtime stops reading.
+    fn move_to_io_thread(self: &Arc<Self>) {
+        if !self.reading.moved.swap(true, Ordering::SeqCst) {
+            drop(io_thread::handle().spawn(drive(Arc::clone(self), Home::Io)));
+        }
+    }
+
+    /// Whether a driver on a caller's runtime must stop.
+    fn moved_away(&self, home: Home) -> bool {
+        home == Home::Caller && self.reading.moved.load(Ordering::SeqCst)
+    }
+
     /// The child broke the protocol: fail every call now, kill it; the driver reaps it.
     fn violation(&self, error: ProtocolError) {
         let pending = {
@@ -389,7 +428,7 @@ impl Drop for MoveOnDrop {
                 pid = core.process.pid(),
                 "the connection's runtime stopped; reading it on the I/O thread"
             );
-            drop(io_thread::handle().spawn(drive(core)));
+            core.move_to_io_thread();
         }
     }
 }
@@ -398,16 +437,23 @@ impl Drop for MoveOnDrop {
 enum End {
     Exited,
     Read(ReadError),
+    /// The driver on the I/O thread took over.
+    Moved,
 }
 
-async fn drive(core: Arc<Core>) {
-    let mut guard = MoveOnDrop(Some(Arc::clone(&core)));
-    let exit = read_until_exit(&core).await;
+async fn drive(core: Arc<Core>, home: Home) {
+    let mut guard = MoveOnDrop((home == Home::Caller).then(|| Arc::clone(&core)));
+    let exit = read_until_exit(&core, home).await;
     guard.0 = None;
-    core.finish(exit);
+    if let Some(exit) = exit {
+        if !core.moved_away(home) {
+            core.finish(exit);
+        }
+    }
 }
 
-async fn read_until_exit(core: &Arc<Core>) -> ExitInfo {
+/// Reads until the child has exited and was reaped; `None` when another driver took over.
+async fn read_until_exit(core: &Arc<Core>, home: Home) -> Option<ExitInfo> {
     let registered = LinkDriver::new(Arc::clone(core.outbox.link()))
         .and_then(|driver| Ok((driver, reactor::register(Arc::clone(&core.process))?)));
     let (mut driver, pidfd) = match registered {
@@ -415,11 +461,12 @@ async fn read_until_exit(core: &Arc<Core>) -> ExitInfo {
         Err(e) => {
             tracing::error!(pid = core.process.pid(), "cannot watch the connection: {e}; killing the child");
             core.process.kill();
-            return reap(core).await;
+            return Some(reap(core).await);
         }
     };
-    let end = std::future::poll_fn(|cx| poll_connection(core, &mut driver, &pidfd, cx)).await;
+    let end = std::future::poll_fn(|cx| poll_connection(core, home, &mut driver, &pidfd, cx)).await;
     match end {
+        End::Moved => return None,
         End::Exited => drain(core),
         End::Read(ReadError::Closed) => {
             let exited = tokio::time::timeout(EXIT_GRACE, pidfd.readable()).await;
@@ -437,26 +484,36 @@ async fn read_until_exit(core: &Arc<Core>) -> ExitInfo {
         }
     }
     let _ = pidfd.readable().await;
-    reap(core).await
+    Some(reap(core).await)
 }
 
 fn poll_connection(
     core: &Arc<Core>,
+    home: Home,
     driver: &mut LinkDriver,
     pidfd: &AsyncFd<Owner<Arc<ChildProcess>>>,
     cx: &mut Context<'_>,
 ) -> Poll<End> {
+    let _reading = core.reading.lock.lock().unwrap_or_else(|e| e.into_inner());
+    if core.moved_away(home) {
+        return Poll::Ready(End::Moved);
+    }
+    core.reading.progress.fetch_add(1, Ordering::Relaxed);
     // A failed flush means the child is gone; its pidfd will say so.
     let _ = driver.poll_flush(cx);
-    loop {
-        match driver.poll_frame(cx) {
-            Poll::Ready(Ok(frame)) => core.route(frame),
-            Poll::Ready(Err(e)) => return Poll::Ready(End::Read(e)),
-            Poll::Pending => break,
+    match driver.poll_frame(cx) {
+        Poll::Ready(Ok(frame)) => {
+            core.route(frame);
+            if core.lock().broken.is_some() {
+                return Poll::Ready(End::Exited);
+            }
+            // Let the caller the frame woke run (and send its next call) before the read that
+            // finds the socket empty: that read is off the round trip's critical path.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
-        if core.lock().broken.is_some() {
-            return Poll::Ready(End::Exited);
-        }
+        Poll::Ready(Err(e)) => return Poll::Ready(End::Read(e)),
+        Poll::Pending => {}
     }
     match pidfd.poll_read_ready(cx) {
         Poll::Ready(_) => Poll::Ready(End::Exited),
@@ -466,6 +523,7 @@ fn poll_connection(
 
 /// Routes the frames the child sent before it exited.
 fn drain(core: &Arc<Core>) {
+    let _reading = core.reading.lock.lock().unwrap_or_else(|e| e.into_inner());
     while core.lock().broken.is_none() {
         match core.outbox.link().recv_now() {
             Ok(Some(frame)) => core.route(frame),

@@ -464,7 +464,7 @@ mod tests {
         impl TryFrom<u8> for Even {
             type Error = String;
             fn try_from(n: u8) -> Result<Self, String> {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     Ok(Even(n))
                 } else {
                     Err(format!("{n} is odd"))

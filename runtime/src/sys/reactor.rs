@@ -7,6 +7,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 /// An owner of a descriptor, kept alive by the registration that watches it.
 #[derive(Debug)]
@@ -29,11 +30,20 @@ impl<T: AsFd> AsRawFd for Owner<T> {
 /// # Panics
 /// Outside a tokio runtime with IO enabled.
 pub fn register<T: AsFd>(owner: T) -> io::Result<AsyncFd<Owner<T>>> {
+    register_for(owner, Interest::READABLE)
+}
+
+/// As [`register`], for the readiness in `interest` only (a socket registered for writability
+/// too wakes its task each time the peer makes room, which a reader need not know).
+///
+/// # Errors
+/// When the reactor refuses the descriptor.
+pub fn register_for<T: AsFd>(owner: T, interest: Interest) -> io::Result<AsyncFd<Owner<T>>> {
     // SAFETY: the registration owns `owner`, which owns (or, through an `Arc`, keeps alive) the
     // descriptor: it stays open and names the same open file description until the `AsyncFd`
     // is dropped, and `as_raw_fd` returns the same number each time (see the requirement above,
     // met by `Link` and `ChildProcess`, whose descriptors are fields set once).
-    unsafe { AsyncFd::register(Owner(owner)) }.map_err(io::Error::from)
+    unsafe { AsyncFd::register_with_interest(Owner(owner), interest) }.map_err(io::Error::from)
 }
 
 #[cfg(test)]

@@ -231,6 +231,16 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_closes_with_unread_datagrams_reads_as_a_reset() {
+        let (a, b) = seqpacket_pair().unwrap();
+        send_datagram(b.as_fd(), &[b"never read"], &[]).unwrap();
+        drop(a);
+        let mut buf = [0u8; 16];
+        let err = recv_datagram(b.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET));
+    }
+
+    #[test]
     fn credentials_name_the_sender_when_asked_for() {
         let (a, b) = seqpacket_pair().unwrap();
         set_pass_credentials(b.as_fd(), true).unwrap();

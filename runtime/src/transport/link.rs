@@ -194,9 +194,9 @@ impl FrameBuf {
             return Err(LinkSendError::Io(io::Error::new(io::ErrorKind::InvalidInput, "an empty frame")));
         }
         let user_fds =
-            u8::try_from(fds.len()).ok().filter(|n| usize::from(*n) + 1 <= socket::MAX_FDS).ok_or_else(
-                || LinkSendError::Io(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors")),
-            )?;
+            u8::try_from(fds.len()).ok().filter(|n| usize::from(*n) < socket::MAX_FDS).ok_or_else(|| {
+                LinkSendError::Io(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"))
+            })?;
         let bounded = admission == Admission::Bounded;
         Ok(match self.inner {
             Spill::Inline(bytes) => {
@@ -382,7 +382,7 @@ impl Link {
         match socket::recv_datagram(self.socket.as_fd(), &mut buf) {
             Ok(received) => self.frame_from(&buf, received).map(Some),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(ReadError::Local(e)),
+            Err(e) => Err(read_error(e)),
         }
     }
 
@@ -445,6 +445,15 @@ fn send_error(e: io::Error) -> LinkSendError {
     }
 }
 
+/// A peer that closes its end while frames we sent wait unread in its queue makes our next
+/// read fail with `ECONNRESET`: that is the peer closing, not a failure on our side.
+fn read_error(e: io::Error) -> ReadError {
+    match e.raw_os_error() {
+        Some(libc::ECONNRESET) => ReadError::Closed,
+        _ => ReadError::Local(e),
+    }
+}
+
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")
@@ -464,7 +473,11 @@ impl AsFd for Link {
 /// created in. One per link; the task that owns it is the only reader.
 pub struct LinkDriver {
     link: Arc<Link>,
+    /// The socket, registered for readability only.
     fd: AsyncFd<Owner<Arc<Link>>>,
+    /// A duplicate registered for writability while the queue holds frames, so that an idle
+    /// or unqueued link is not woken each time the peer reads.
+    writer: Option<AsyncFd<Owner<OwnedFd>>>,
     buf: Box<[u8]>,
 }
 
@@ -478,7 +491,7 @@ impl LinkDriver {
     /// Outside a tokio runtime with IO enabled.
     pub fn new(link: Arc<Link>) -> io::Result<LinkDriver> {
         let fd = reactor::register(Arc::clone(&link))?;
-        Ok(LinkDriver { link, fd, buf: vec![0u8; RECEIVE_BUFFER].into_boxed_slice() })
+        Ok(LinkDriver { link, fd, writer: None, buf: vec![0u8; RECEIVE_BUFFER].into_boxed_slice() })
     }
 
     /// The link this driver reads.
@@ -501,7 +514,7 @@ impl LinkDriver {
             match socket::recv_datagram(self.link.socket.as_fd(), &mut self.buf) {
                 Ok(received) => return Poll::Ready(self.link.frame_from(&self.buf, received)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                Err(e) => return Poll::Ready(Err(ReadError::Local(e))),
+                Err(e) => return Poll::Ready(Err(read_error(e))),
             }
         }
     }
@@ -515,11 +528,22 @@ impl LinkDriver {
         loop {
             self.link.lock().flusher = Some(cx.waker().clone());
             match self.link.flush_some() {
-                Ok(true) => return Poll::Ready(Ok(())),
+                Ok(true) => {
+                    self.writer = None;
+                    return Poll::Ready(Ok(()));
+                }
                 Ok(false) => {}
                 Err(e) => return Poll::Ready(Err(send_error(e))),
             }
-            match self.fd.poll_write_ready(cx) {
+            let writer = match &mut self.writer {
+                Some(writer) => writer,
+                None => {
+                    let dup = self.link.socket.try_clone().map_err(LinkSendError::Io)?;
+                    let registered = reactor::register_for(dup, tokio::io::Interest::WRITABLE);
+                    self.writer.insert(registered.map_err(LinkSendError::Io)?)
+                }
+            };
+            match writer.poll_write_ready(cx) {
                 Poll::Ready(Ok(mut guard)) => guard.clear_ready(),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(LinkSendError::Io(e))),
                 Poll::Pending => return Poll::Pending,
