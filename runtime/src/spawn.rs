@@ -480,6 +480,28 @@ mod tests {
         assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
     }
 
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+            /// Arbitrary bytes as a hello, with and without our protocol version in front: an
+            /// error or a hello, never a panic.
+            #[test]
+            fn arbitrary_hellos_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128), ours in any::<bool>()) {
+                let hello = if ours { [&PROTOCOL_VERSION.to_le_bytes()[..], &bytes].concat() } else { bytes };
+                let _ = decode_hello(&hello);
+            }
+        }
+
+        #[test]
+        fn our_own_hello_decodes() {
+            let (build, pid) = decode_hello(&encode_hello()).unwrap();
+            assert_eq!((build, pid), (BuildId::current(), std::process::id()));
+        }
+    }
+
     impl SpawnError {
         fn source_text(&self) -> String {
             std::error::Error::source(self).map(|s| s.to_string()).unwrap_or_default()
