@@ -8,13 +8,13 @@
 //! Here the frontend creates a 100 x 100 array and hands it to the backend in a message (the
 //! backend maps the same pages: nothing is copied); the backend writes it and hands it back in
 //! its reply; the frontend reads it. Ownership moves with the messages, so the two sides never
-//! write at the same time, views cannot outlive their mapping, and the segment is unlinked when
-//! the last holder lets go: there is no close and no unlink anywhere.
+//! write at the same time, views cannot outlive their mapping, and the segment (an anonymous
+//! memory file whose descriptor travels with the message) is freed by the kernel when the last
+//! holder lets go: there is no name, no close and no unlink anywhere, and nothing in /dev/shm.
 //!
 //! Run: `cargo run --example 04_shared_memory`
 
 use ensemble::prelude::*;
-use ensemble::shm::SHM_DIR;
 
 const SIDE: usize = 100;
 
@@ -47,15 +47,15 @@ async fn main() -> anyhow::Result<()> {
     let p = ensemble::spawn_with(MyProcess, SpawnOptions::new().name("my-process")).await?;
     let mut array = SharedSliceMut::<f64>::new(SIDE * SIDE)?;
     array.fill(1.0);
-    let name = array.segment_name().to_owned();
-    println!("frontend: array in segment {name}, values {}", array[0]);
+    let segment = array.segment_id();
+    println!("frontend: array in segment {segment}, values {}", array[0]);
     let array = p.send(ReadWrite { array, value: 3.0 }).await?;
     println!("frontend: array values now {} (row 42: {:?}...)", array[0], &array[42 * SIDE..42 * SIDE + 3]);
     assert!(array.iter().all(|v| *v == 3.0));
     p.stop().await?;
     drop(array);
-    let left = std::path::Path::new(SHM_DIR).join(&name).exists();
-    println!("segment {name} left in {SHM_DIR}: {left}");
-    assert!(!left);
+    let held = ensemble::shm::held_segments()?;
+    println!("segments this process still holds: {held}");
+    assert_eq!(held, 0);
     Ok(())
 }

@@ -45,7 +45,7 @@ struct GiveBack(u32);
 
 impl ProcessHandler<Adopt> for MyProcess {
     fn handle(&mut self, Adopt { id, array }: Adopt, _: &mut ProcessContext<Self>) {
-        tracing::info!("adopted array {id}: {} values in {}", array.len(), array.segment_name());
+        tracing::info!("adopted array {id}: {} values in {}", array.len(), array.segment_id());
         self.arrays.insert(id, array);
     }
 }
@@ -69,7 +69,7 @@ impl ProcessHandler<GiveBack> for MyProcess {
 }
 
 fn ours_in_dev_shm() -> usize {
-    ensemble::shm::segment_names().map_or(0, |names| names.len())
+    ensemble::shm::held_segments().unwrap_or(usize::MAX)
 }
 
 #[ensemble::main]
@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     p.stop().await?;
     let after = ours_in_dev_shm();
     println!(
-        "ensemble segments in /dev/shm: {before} before, {after} after, with no close or unlink anywhere"
+        "segments held by this process: {before} before, {after} after, with no close or unlink anywhere"
     );
     anyhow::ensure!(after <= before, "segments leaked");
     Ok(())

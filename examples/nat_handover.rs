@@ -3,9 +3,11 @@
 //! In Python, a worker that creates a `SharedMemory` block, sends its name to the main process
 //! and moves on loses the block before the main process attaches. Here workers create arrays
 //! of 10^0 .. 10^7 elements (10^6 with `--quick`), return them in their replies, and are
-//! stopped right away; the main process checks every element and the total, and /dev/shm holds
-//! nothing of ours at the end. The sender keeps each segment alive until the main process has
-//! mapped it and acknowledged; nobody writes a line of that protocol.
+//! stopped right away; the main process checks every element and the total, and holds nothing
+//! at the end. Each segment is an anonymous memory file whose descriptor travels with the reply:
+//! the kernel keeps it alive while the reply is in flight, even after its sender has exited,
+//! and frees it with the last holder. Nothing ever appears in /dev/shm; nobody writes a line of
+//! the hand-over protocol.
 //!
 //! Run: `cargo run --release --example nat_handover`
 
@@ -26,7 +28,7 @@ struct Task {
 
 impl ProcessHandler<Task> for Worker {
     fn handle(&mut self, task: Task, _: &mut ProcessContext<Self>) -> SharedSlice<u64> {
-        let mut array = SharedSliceMut::<u64>::new(task.len).expect("room in /dev/shm");
+        let mut array = SharedSliceMut::<u64>::new(task.len).expect("memory for the array");
         for (i, x) in array.iter_mut().enumerate() {
             *x = task.seed + i as u64;
         }
@@ -34,14 +36,14 @@ impl ProcessHandler<Task> for Worker {
     }
 }
 
-fn ours_in_dev_shm() -> usize {
-    ensemble::shm::segment_names().map_or(0, |names| names.len())
+fn held() -> usize {
+    ensemble::shm::held_segments().unwrap_or(usize::MAX)
 }
 
 #[ensemble::main]
 async fn main() -> anyhow::Result<()> {
     let max_power = if std::env::args().any(|a| a == "--quick") { 6 } else { 7 };
-    let before = ours_in_dev_shm();
+    let before = held();
     let workers = [ensemble::spawn(Worker).await?, ensemble::spawn(Worker).await?];
     let started = Instant::now();
     // Every task is sent at once; the workers answer while the main process is still busy.
@@ -62,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         assert!(array.iter().enumerate().all(|(i, x)| *x == seed + i as u64), "array 10^{p} is intact");
         let sum: u128 = array.iter().map(|x| u128::from(*x)).sum();
         total += sum;
-        println!("10^{p:<2} elements from segment {}: sum {sum}", array.segment_name());
+        println!("10^{p:<2} elements from segment {}: sum {sum}", array.segment_id());
     }
     let expected: u128 = (0..=max_power)
         .map(|p| {
@@ -73,8 +75,8 @@ async fn main() -> anyhow::Result<()> {
     assert_eq!(total, expected);
     println!("total {total} as expected, in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
     drop(arrays);
-    let after = ours_in_dev_shm();
-    println!("ensemble segments in /dev/shm: {before} before, {after} after");
+    let after = held();
+    println!("segments held by this process: {before} before, {after} after (and none in /dev/shm)");
     anyhow::ensure!(after <= before, "segments leaked");
     Ok(())
 }

@@ -1,10 +1,16 @@
 //! Shared-memory arrays travel between real processes: never freed early, never leaked, also
-//! when a side is killed at each step of the hand-over.
+//! when a side is killed at each step of the hand-over. A segment is a memfd whose descriptor
+//! travels with its frame: whether a process still holds one is read from its `/proc/PID/fd`
+//! and `/proc/PID/maps`, by the segment's inode, so tests running in parallel do not disturb
+//! each other's counts. Nothing is ever created in `/dev/shm`.
+
+#[path = "common/harness.rs"]
+mod harness;
 
 use ensemble::prelude::*;
-use ensemble::shm::SHM_DIR;
+use ensemble::shm::SegmentId;
+use harness::within;
 use std::io::BufRead;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 #[derive(Serialize, Deserialize, ProcessActor)]
@@ -103,28 +109,55 @@ fn kill_myself() {
     std::thread::sleep(Duration::from_secs(60));
 }
 
-async fn within<F: std::future::Future>(secs: u64, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), future).await.expect("timed out")
-}
-
 async fn worker(input: Option<SharedSlice<f64>>) -> Remote<Worker> {
     within(10, ensemble::spawn(Worker { input })).await.unwrap()
 }
 
-fn exists(name: &str) -> bool {
-    Path::new(SHM_DIR).join(name).exists()
+/// The inode of a segment, as `/proc` shows it.
+fn inode(id: SegmentId) -> u64 {
+    id.to_string().rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-/// Waits until segment `name` is gone from /dev/shm; false after a deadline.
-fn gone(name: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(3);
+/// Whether process `pid` holds a descriptor or a mapping of the segment with inode `ino`.
+fn holds(pid: u32, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let by_fd = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten().any(|e| {
+        std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:ensemble:"))
+            && std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == ino)
+    });
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let needle = format!(" {ino} ");
+    by_fd || maps.lines().any(|l| l.contains("memfd:ensemble:") && l.contains(&needle))
+}
+
+/// Whether any process on the machine holds the segment: the kernel frees it when none does.
+fn held_anywhere(ino: u64) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| holds(pid, ino))
+}
+
+/// Waits until no process holds the segment; false after a deadline.
+fn freed(id: SegmentId) -> bool {
+    let ino = inode(id);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if !exists(name) {
+        if !held_anywhere(ino) {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+fn ensemble_files_in_dev_shm() -> Vec<String> {
+    let entries = std::fs::read_dir("/dev/shm").into_iter().flatten().flatten();
+    entries
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ensemble"))
+        .collect()
 }
 
 #[tokio::test]
@@ -134,16 +167,16 @@ async fn a_read_only_input_is_mapped_by_every_worker_without_copying() {
         *x = i as f64;
     }
     let input = input.freeze().unwrap();
-    let name = input.segment_name().to_owned();
+    let id = input.segment_id();
     let expected = input.iter().sum::<f64>();
     let (a, b) = (worker(Some(input.clone())).await, worker(Some(input.clone())).await);
     assert_eq!(within(5, a.send(Sum)).await.unwrap(), expected);
     assert_eq!(within(5, b.send(Sum)).await.unwrap(), expected);
+    assert!(holds(a.pid(), inode(id)) && holds(b.pid(), inode(id)), "each worker maps the same pages");
     drop(input);
-    assert!(exists(&name), "the workers still hold the input");
     within(10, a.stop()).await.unwrap();
     within(10, b.stop()).await.unwrap();
-    assert!(gone(&name), "the last holder unlinked it");
+    assert!(freed(id), "nobody holds it once everyone let go");
 }
 
 #[tokio::test]
@@ -161,16 +194,16 @@ async fn arrays_made_in_a_worker_that_stops_at_once_reach_the_parent_intact() {
     for array in &arrays {
         assert!(array.iter().enumerate().all(|(i, x)| *x == i as u64), "every element survived");
     }
-    let names: Vec<String> = arrays.iter().map(|a| a.segment_name().to_owned()).collect();
+    let ids: Vec<SegmentId> = arrays.iter().map(|a| a.segment_id()).collect();
     drop(arrays);
-    assert!(names.iter().all(|n| gone(n)), "nothing leaked");
+    assert!(ids.into_iter().all(freed), "nothing leaked");
 }
 
 #[tokio::test]
 async fn disjoint_parts_are_written_by_different_workers_and_joined_back() {
     let workers = [worker(None).await, worker(None).await, worker(None).await];
     let parts = SharedSliceMut::<u32>::new(1000).unwrap().chunks(334);
-    let name = parts[0].segment_name().to_owned();
+    let id = parts[0].segment_id();
     let mut calls = Vec::new();
     for (i, part) in parts.into_iter().enumerate() {
         calls.push(workers[i].send(Fill { part, value: i as u32 + 1 }));
@@ -187,7 +220,7 @@ async fn disjoint_parts_are_written_by_different_workers_and_joined_back() {
         within(10, w.stop()).await.unwrap();
     }
     drop(whole);
-    assert!(gone(&name));
+    assert!(freed(id));
 }
 
 #[tokio::test]
@@ -200,9 +233,9 @@ async fn a_sender_killed_between_notify_and_ack_still_delivers_and_nothing_leaks
     use futures::StreamExt;
     let Made(array) = within(10, events.next()).await.expect("the event arrived").unwrap();
     assert!(array.iter().enumerate().all(|(i, x)| *x == i as u64));
-    let name = array.segment_name().to_owned();
+    let id = array.segment_id();
     drop(array);
-    assert!(gone(&name), "the receiver, last holder, unlinked it");
+    assert!(freed(id), "the receiver was the last holder");
 }
 
 #[tokio::test]
@@ -210,12 +243,12 @@ async fn a_receiver_killed_before_it_acknowledges_makes_the_sender_let_go() {
     let worker = worker(None).await;
     worker.do_send(HoldAndSleep(60_000)).unwrap();
     let array = SharedSliceMut::<u8>::new(4096).unwrap();
-    let name = array.segment_name().to_owned();
+    let id = array.segment_id();
     worker.do_send(TakeAndAbort(array)).unwrap();
-    assert!(exists(&name), "in flight: the sender holds it");
+    assert!(holds(std::process::id(), inode(id)), "in flight: the sender holds it");
     worker.kill();
     within(10, worker.exited()).await;
-    assert!(gone(&name), "the abandoned hand-over released the last hold");
+    assert!(freed(id), "the abandoned hand-over released the last hold");
 }
 
 #[tokio::test]
@@ -223,61 +256,101 @@ async fn a_receiver_that_dies_after_acknowledging_leaves_nothing_behind() {
     let worker = worker(None).await;
     let mut array = SharedSliceMut::<u8>::new(4096).unwrap();
     array[0] = 42;
-    let name = array.segment_name().to_owned();
+    let id = array.segment_id();
     let result = within(10, worker.send(TakeAndAbort(array))).await;
     assert!(
         matches!(result, Err(CallError::Exited(ref e)) if e.signal() == Some(libc::SIGABRT)),
         "{result:?}"
     );
-    assert!(gone(&name));
+    assert!(freed(id));
 }
 
 #[tokio::test]
-async fn a_segment_larger_than_dev_shm_fails_at_creation_with_a_clear_error() {
+async fn a_frozen_array_cannot_be_written_through_proc() {
+    let worker = worker(None).await;
+    let array = within(10, worker.send(Make(1000))).await.unwrap();
+    let ino = inode(array.segment_id());
+    let ours = std::fs::read_dir("/proc/self/fd").unwrap().flatten().find(|e| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == ino)
+    });
+    let path = ours.expect("the parent holds the segment's descriptor").path();
+    let written = std::fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(&[0xff; 8])
+    });
+    assert!(written.is_err(), "a write through {path:?} succeeded");
+    assert_eq!(array[1], 1, "unchanged");
+    within(10, worker.stop()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_petabyte_is_refused_at_creation_with_a_clear_error() {
     match SharedSliceMut::<u8>::new(1 << 50) {
-        Err(ensemble::SegmentError::NoSpace { requested, .. }) => assert_eq!(requested, 1 << 50),
-        other => panic!("expected NoSpace, got {other:?}"),
+        Err(error @ ensemble::SegmentError::NoMemory { requested, .. }) => {
+            assert_eq!(requested, 1 << 50);
+            assert!(error.to_string().contains("does not fit in the memory that can back it"), "{error}");
+        }
+        other => panic!("expected NoMemory, got {other:?}"),
     }
 }
 
 const ROOT_ENV: &str = "ENSEMBLE_TEST_SHM_ROOT";
 
-/// Not a test on its own: a program that holds a segment until it is killed.
+/// Not a test on its own: a program that hands an array to a worker, makes another, and waits
+/// to be killed with its whole tree in the middle of it.
 #[test]
-#[ignore = "helper process for a_killed_program_leaves_orphans_that_the_next_one_removes"]
-fn segment_holder_helper() {
+#[ignore = "helper process for a_program_tree_killed_mid_handover_leaves_nothing"]
+fn program_tree_helper() {
     if std::env::var_os(ROOT_ENV).is_none() {
         return;
     }
-    let array = SharedSliceMut::<u8>::new(1 << 16).unwrap();
-    // Look like a segment orphaned long ago, past the sweeper's grace period.
-    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    let path = Path::new(SHM_DIR).join(array.segment_name());
-    std::fs::File::options().write(true).open(path).unwrap().set_modified(an_hour_ago).unwrap();
-    println!("SEGMENT {}", array.segment_name());
-    std::thread::sleep(Duration::from_secs(60));
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let worker = worker(None).await;
+        worker.do_send(HoldAndSleep(60_000)).unwrap();
+        let sent = SharedSliceMut::<u8>::new(1 << 20).unwrap();
+        let kept = SharedSliceMut::<u8>::new(1 << 20).unwrap();
+        println!(
+            "SEGMENTS {} {} WORKER {}",
+            inode(sent.segment_id()),
+            inode(kept.segment_id()),
+            worker.pid()
+        );
+        worker.do_send(TakeAndAbort(sent)).unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(kept);
+    });
 }
 
 #[test]
-fn a_killed_program_leaves_orphans_that_the_next_one_removes() {
-    let mine = SharedSliceMut::<u8>::new(64).unwrap();
+fn a_program_tree_killed_mid_handover_leaves_nothing() {
+    let before = ensemble_files_in_dev_shm();
     let mut root = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["segment_holder_helper", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["program_tree_helper", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(ROOT_ENV, "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(root.stdout.take().unwrap());
-    let name = stdout.lines().map_while(Result::ok).find_map(|line| {
-        let at = line.find("SEGMENT ")?;
-        Some(line[at + 8..].trim().to_owned())
+    let printed = stdout.lines().map_while(Result::ok).find_map(|line| {
+        let at = line.find("SEGMENTS ")?;
+        let words: Vec<u64> = line[at..].split(' ').filter_map(|w| w.parse().ok()).collect();
+        (words.len() == 3).then(|| (words[0], words[1], words[2] as u32))
     });
+    let (sent, kept, worker) = printed.expect("the helper printed its segments");
+    assert!(held_anywhere(sent) && held_anywhere(kept));
     root.kill().unwrap();
     root.wait().unwrap();
-    let name = name.expect("the helper printed its segment");
-    assert!(exists(&name), "a killed program cannot clean up");
-    let removed = ensemble::shm::remove_orphans().unwrap();
-    assert!(removed.contains(&name), "{removed:?}");
-    assert!(!exists(&name));
-    assert!(exists(mine.segment_name()), "a live program's segment is never swept");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{worker}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!std::path::Path::new(&format!("/proc/{worker}/fd")).exists(), "the worker died with its parent");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (held_anywhere(sent) || held_anywhere(kept)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!held_anywhere(sent) && !held_anywhere(kept), "the kernel freed both with their holders");
+    assert_eq!(ensemble_files_in_dev_shm(), before, "nothing in /dev/shm");
 }

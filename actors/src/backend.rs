@@ -19,6 +19,7 @@ use ensemble_runtime::wire::{self, Failure, ToChild, ToParent};
 use ensemble_runtime::Outbox;
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,12 +33,13 @@ pub const EXIT_START_FAILED: i32 = 1;
 /// Runs actor `A` in this (child) process until it stops; returns the exit code.
 ///
 /// Referenced by the registry entry that `#[derive(ProcessActor)]` emits.
-pub fn run_child<A: ProcessActor>(boot: ChildBoot) -> i32 {
+pub fn run_child<A: ProcessActor>(mut boot: ChildBoot) -> i32 {
     init_logging(boot.stderr_is_terminal);
     let span = tracing::info_span!("actor", name = %boot.name, pid = std::process::id());
     let _entered = span.enter();
     install_panic_hook();
-    let state = match wire::decode_body::<A>(boot.state()) {
+    let fds = boot.take_state_fds();
+    let state = match wire::decode_body_with::<A>(boot.state(), fds) {
         Ok(state) => state,
         Err(e) => {
             let what = format!("the initial state of {}", std::any::type_name::<A>());
@@ -236,10 +238,7 @@ impl<A: ProcessActor> Backend<A> {
     }
 
     fn handle_frame(&mut self, frame: Frame, ctx: &mut actix::Context<Self>) {
-        if !frame.fds.is_empty() {
-            tracing::warn!("ignoring {} descriptors attached to a frame", frame.fds.len());
-        }
-        let frame = frame.bytes;
+        let Frame { bytes: frame, fds, .. } = frame;
         let (header, body) = match wire::decode::<ToChild>(&frame) {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -249,8 +248,8 @@ impl<A: ProcessActor> Backend<A> {
         };
         let at = frame.len() - body.len();
         match header {
-            ToChild::Call { id, tag } => self.dispatch(tag, frame, at, Some(id), ctx),
-            ToChild::Cast { tag } => self.dispatch(tag, frame, at, None, ctx),
+            ToChild::Call { id, tag } => self.dispatch(tag, frame, at, fds, Some(id), ctx),
+            ToChild::Cast { tag } => self.dispatch(tag, frame, at, fds, None, ctx),
             ToChild::Stop => self.stop(ctx),
             ToChild::Start { .. } => tracing::error!("ignoring a second start frame"),
             // Handled on the receiving thread already; one that slipped through changes nothing.
@@ -268,17 +267,18 @@ impl<A: ProcessActor> Backend<A> {
         tag: u32,
         frame: Payload,
         at: usize,
+        fds: Vec<OwnedFd>,
         id: Option<u64>,
         ctx: &mut actix::Context<Self>,
     ) {
         let delivery = Delivery { id, transfer: wire::transfer_of(&frame) };
         match A::HANDLERS.get(tag as usize) {
             Some(Dispatch::Sync(entry)) => {
-                let outcome = entry(&mut self.state.borrow_mut(), &frame[at..], &mut self.ctx, delivery);
+                let outcome = entry(&mut self.state.borrow_mut(), &frame[at..], fds, &mut self.ctx, delivery);
                 self.finish(id, outcome, ctx);
             }
             Some(Dispatch::Async(entry)) => {
-                let future = entry(Rc::clone(&self.state), frame, at, self.ctx.clone(), delivery);
+                let future = entry(Rc::clone(&self.state), frame, at, fds, self.ctx.clone(), delivery);
                 self.busy = true;
                 ctx.wait(future.into_actor(self).map(move |outcome, act, ctx| {
                     act.busy = false;

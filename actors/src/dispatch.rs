@@ -13,6 +13,7 @@ use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use std::any::Any;
 use std::cell::RefCell;
+use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 
@@ -30,11 +31,17 @@ pub struct Delivery {
 }
 
 /// A synchronous handler entry: state, encoded message, context, and what it answers.
-pub type SyncEntry<A> = fn(&mut A, &[u8], &mut ProcessContext<A>, Delivery) -> Outcome;
+pub type SyncEntry<A> = fn(&mut A, &[u8], Vec<OwnedFd>, &mut ProcessContext<A>, Delivery) -> Outcome;
 
 /// An asynchronous handler entry: like [`SyncEntry`], owning what the future needs.
-pub type AsyncEntry<A> =
-    fn(Rc<RefCell<A>>, Payload, usize, ProcessContext<A>, Delivery) -> LocalBoxFuture<'static, Outcome>;
+pub type AsyncEntry<A> = fn(
+    Rc<RefCell<A>>,
+    Payload,
+    usize,
+    Vec<OwnedFd>,
+    ProcessContext<A>,
+    Delivery,
+) -> LocalBoxFuture<'static, Outcome>;
 
 /// One row of an actor's handler table.
 pub enum Dispatch<A: ProcessActor> {
@@ -51,6 +58,7 @@ pub enum Dispatch<A: ProcessActor> {
 pub fn sync_entry<A, M>(
     state: &mut A,
     body: &[u8],
+    fds: Vec<OwnedFd>,
     ctx: &mut ProcessContext<A>,
     delivery: Delivery,
 ) -> Outcome
@@ -58,7 +66,7 @@ where
     A: ProcessHandler<M>,
     M: RemoteMessage,
 {
-    let msg = decode::<A, M>(body, ctx, delivery)?;
+    let msg = decode::<A, M>(body, fds, ctx, delivery)?;
     let reply =
         std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(msg, ctx))).map_err(panic_failure)?;
     encode_reply::<A, M>(ctx, delivery.id, &reply)
@@ -72,6 +80,7 @@ where
 pub fn batch_entry<A, M>(
     state: &mut A,
     body: &[u8],
+    fds: Vec<OwnedFd>,
     ctx: &mut ProcessContext<A>,
     delivery: Delivery,
 ) -> Outcome
@@ -79,7 +88,7 @@ where
     A: ProcessHandler<M>,
     M: RemoteMessage,
 {
-    let batch = decode::<A, crate::farm::Batch<M>>(body, ctx, delivery)?;
+    let batch = decode::<A, crate::farm::Batch<M>>(body, fds, ctx, delivery)?;
     let results: Vec<Result<M::Result, Failure>> = batch
         .tasks
         .into_iter()
@@ -95,6 +104,7 @@ pub fn async_entry<A, M>(
     state: Rc<RefCell<A>>,
     frame: Payload,
     at: usize,
+    fds: Vec<OwnedFd>,
     mut ctx: ProcessContext<A>,
     delivery: Delivery,
 ) -> LocalBoxFuture<'static, Outcome>
@@ -103,7 +113,7 @@ where
     M: RemoteMessage,
 {
     async move {
-        let msg = decode::<A, M>(&frame[at..], &ctx, delivery)?;
+        let msg = decode::<A, M>(&frame[at..], fds, &ctx, delivery)?;
         drop(frame);
         // The borrow lives across the handler's awaits on purpose: the backend runs the future
         // with `ctx.wait`, so no other message (and no other borrow) is handled meanwhile.
@@ -122,10 +132,11 @@ where
 /// that the sender lets go).
 fn decode<A: ProcessActor, M: RemoteMessage>(
     body: &[u8],
+    fds: Vec<OwnedFd>,
     ctx: &ProcessContext<A>,
     delivery: Delivery,
 ) -> Result<M, Failure> {
-    let msg = wire::decode_body::<M>(body);
+    let msg = wire::decode_body_with::<M>(body, fds);
     if let Some(transfer) = delivery.transfer {
         ctx.shared().outbox.acknowledge(transfer);
     }

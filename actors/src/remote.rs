@@ -155,7 +155,11 @@ pub async fn spawn_with<A: ProcessActor>(actor: A, options: SpawnOptions) -> Res
     std::thread::Builder::new()
         .name("ensemble-spawn".into())
         .spawn(move || {
-            let spawned = ensemble_runtime::spawn(A::KEY, &state, &config);
+            let fds =
+                holds.iter().map(|hold| hold.fd().try_clone_to_owned()).collect::<std::io::Result<Vec<_>>>();
+            let spawned = fds
+                .map_err(SpawnError::Launch)
+                .and_then(|fds| ensemble_runtime::spawn(A::KEY, &state, fds, &config));
             // Segments in the initial state are held until the child is ready: it maps them
             // before `pre_run`, so by then it holds them itself.
             drop(holds);

@@ -59,6 +59,11 @@ impl ChildBoot {
         &self.start.bytes[self.state_at..]
     }
 
+    /// The descriptors of the segments the initial state hands over (once; empty after).
+    pub fn take_state_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.start.fds)
+    }
+
     /// Tells the parent that the actor could not start.
     pub fn start_failed(&self, failure: &Failure) {
         if let Ok(encoded) = wire::encode_into(self.link.frame_buf(), &ToParent::StartFailed, failure) {

@@ -33,6 +33,7 @@ use futures_channel::{mpsc, oneshot};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -83,6 +84,8 @@ pub enum ReadOn {
 pub struct Body {
     frame: Payload,
     at: usize,
+    /// The descriptors of the segments the body hands over, until it is decoded.
+    fds: Mutex<Vec<OwnedFd>>,
     core: Arc<Core>,
 }
 
@@ -99,7 +102,8 @@ impl Body {
     /// # Errors
     /// As [`wire::decode_body`].
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, WireError> {
-        let value = wire::decode_body(self.bytes());
+        let fds = std::mem::take(&mut *self.fds.lock().unwrap_or_else(|e| e.into_inner()));
+        let value = wire::decode_body_with(self.bytes(), fds);
         if let Some(transfer) = wire::transfer_of(&self.frame) {
             self.core.outbox.acknowledge(transfer);
         }
@@ -360,7 +364,8 @@ impl Core {
     }
 
     fn route(self: &Arc<Self>, frame: Frame) {
-        if !frame.fds.is_empty() {
+        // Only a frame that hands over segments may carry descriptors.
+        if !frame.fds.is_empty() && wire::transfer_of(&frame.bytes).is_none() {
             let received = frame.fds.len();
             return self.violation(ProtocolError::UnexpectedDescriptors { announced: 0, received });
         }
@@ -368,7 +373,7 @@ impl Core {
             Ok((header, body)) => (header, frame.bytes.len() - body.len()),
             Err(e) => return self.violation(ProtocolError::Undecodable(e.to_string())),
         };
-        let body = Body { frame: frame.bytes, at, core: Arc::clone(self) };
+        let body = Body { frame: frame.bytes, at, fds: Mutex::new(frame.fds), core: Arc::clone(self) };
         match header {
             ToParent::Reply { id, ok } => self.reply(id, ok, body),
             ToParent::Event => {

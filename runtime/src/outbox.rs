@@ -92,6 +92,13 @@ impl<H: AckHeader> Outbox<H> {
     /// # Errors
     /// As [`Outbox::send`]; an open hand-over is abandoned when the frame was not sent.
     pub fn send_encoded(&self, mut encoded: Encoded, admission: Admission) -> Result<(), SendError> {
+        // The segments' descriptors travel with the frame, in the order of their indexes.
+        let fds = encoded
+            .holds
+            .iter()
+            .map(|hold| hold.fd().try_clone_to_owned())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(SendError::Io)?;
         let transfer = match encoded.carries_segments() {
             true => {
                 let transfer = self.next_transfer.fetch_add(1, Ordering::Relaxed);
@@ -102,7 +109,7 @@ impl<H: AckHeader> Outbox<H> {
             }
             false => None,
         };
-        let sent = self.link.send(encoded.frame, Vec::new(), admission);
+        let sent = self.link.send(encoded.frame, fds, admission);
         if let Err(e) = sent {
             if let Some(transfer) = transfer {
                 self.finish(transfer, |h| h.abandon());

@@ -192,12 +192,18 @@ fn decode_hello(frame: &[u8]) -> Result<(BuildId, u32), SpawnError> {
         .map_err(|e| SpawnError::Protocol(ProtocolError::Undecodable(format!("the hello: {e}"))))
 }
 
-/// Starts a child running the actor registered under `actor` with the encoded initial `state`,
+/// Starts a child running the actor registered under `actor` with the encoded initial `state`
+/// (and `fds`, the descriptors of the segments it hands over, in the order of their indexes),
 /// and blocks until it is ready or has failed.
 ///
 /// # Errors
 /// Every [`SpawnError`]; in each case no child is left running.
-pub fn spawn(actor: &str, state: &[u8], config: &SpawnConfig) -> Result<Spawned, SpawnError> {
+pub fn spawn(
+    actor: &str,
+    state: &[u8],
+    fds: Vec<OwnedFd>,
+    config: &SpawnConfig,
+) -> Result<Spawned, SpawnError> {
     check_kernel()?;
     sys::raise_nofile_limit();
     let (ours, theirs) = socket::seqpacket_pair().map_err(SpawnError::Launch)?;
@@ -207,7 +213,7 @@ pub fn spawn(actor: &str, state: &[u8], config: &SpawnConfig) -> Result<Spawned,
     let link = Arc::new(Link::new(ours, config.limits, config.send_queue));
     let handshake = Handshake { link: &link, process: &process };
     handshake.hello(config.handshake_timeout)?;
-    handshake.start(actor, state, config)?;
+    handshake.start(actor, state, fds, config)?;
     Ok(Spawned { process, link })
 }
 
@@ -311,11 +317,17 @@ impl Handshake<'_> {
         socket::set_pass_credentials(self.link.socket(), false).map_err(|e| self.refuse(SpawnError::Local(e)))
     }
 
-    fn start(&self, actor: &str, state: &[u8], config: &SpawnConfig) -> Result<(), SpawnError> {
+    fn start(
+        &self,
+        actor: &str,
+        state: &[u8],
+        fds: Vec<OwnedFd>,
+        config: &SpawnConfig,
+    ) -> Result<(), SpawnError> {
         let start = ToChild::Start { actor: actor.to_owned(), name: config.name.clone() };
         let frame = wire::encode_with_raw_body(self.link.frame_buf(), &start, state)
             .map_err(|e| self.refuse(SpawnError::Encode(e)))?;
-        let sent = self.link.send(frame, Vec::new(), Admission::Control);
+        let sent = self.link.send(frame, fds, Admission::Control);
         if sent.and_then(|()| self.link.flush_blocking(config.handshake_timeout)).is_err() {
             return Err(SpawnError::Exited(self.process.reap(Duration::from_secs(1))));
         }

@@ -24,6 +24,7 @@ use crate::transport::{FrameBuf, Limits};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::os::fd::OwnedFd;
 
 /// Header of a frame sent from the parent to the child.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,19 +333,30 @@ fn prefixed(frame: &[u8], flag: u8) -> Option<u64> {
     }
 }
 
-/// Decodes a body, requiring that it is consumed whole. Segment handles in it are opened and
-/// held; the caller acknowledges the frame's hand-over afterwards (see [`transfer_of`]).
+/// Decodes a body that carries no descriptors, requiring that it is consumed whole. A segment
+/// handle in it is an error (its descriptor is missing).
 ///
 /// No length in the body can make this allocate more than the body's own size: a string that
 /// claims a terabyte is an error, not an allocation.
 ///
 /// # Errors
-/// When the bytes are not a valid `T`, or hold more than one, or a segment cannot be opened.
+/// When the bytes are not a valid `T`, or hold more than one.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    decode_body_with(body, Vec::new())
+}
+
+/// Decodes a body with the descriptors attached to its frame: segment handles in it adopt
+/// them and are held; the caller acknowledges the frame's hand-over afterwards (see
+/// [`transfer_of`]). Descriptors no handle names are closed.
+///
+/// # Errors
+/// As [`decode_body`], and when a segment handle's descriptor is missing or not a segment of
+/// the right seals and size.
+pub fn decode_body_with<T: DeserializeOwned>(body: &[u8], fds: Vec<OwnedFd>) -> Result<T, WireError> {
     use bincode::Options;
     let mut rest = body;
     let limited = options().with_limit(body.len() as u64);
-    let (value, _opened) = transfer::counting_opens(|| limited.deserialize_from(&mut rest));
+    let (value, _opened) = transfer::receiving(fds, || limited.deserialize_from(&mut rest));
     let value = value?;
     if rest.is_empty() {
         Ok(value)

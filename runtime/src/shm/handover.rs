@@ -13,17 +13,21 @@
 //! Transitions: `Notified -> Acknowledged -> Complete`, and `Notified | Acknowledged ->
 //! Abandoned`. Anything else is a [`HandoverError`] (a duplicate or unknown acknowledgement).
 //!
-//! Unlike seed 000's protocol, the receiver needs no TRANSFER COMPLETE message: its hold is a
-//! kernel lock of its own, valid from the moment it acknowledges, whatever the sender does next.
+//! Liveness is the kernel's: a segment is an anonymous memory file whose descriptor travels
+//! with the frame, and its memory lives while any descriptor (one waiting in a socket's queue
+//! included) or mapping does. The protocol is about ownership: who may write which range of a
+//! `SharedSliceMut` (the sender gives it up at NOTIFY), and how long the sender keeps its own
+//! mapping (until ACK, or the receiver's death). Unlike seed 000's protocol, the receiver needs
+//! no TRANSFER COMPLETE message: its descriptor is its own from the moment it received it.
 //!
 //! What each side's death does:
 //! - the receiver dies before ACK: the sender sees the connection close and abandons the
-//!   hand-over; if nobody else holds the segment, it is unlinked;
-//! - the receiver dies after ACK: as above; its own lock went with it;
-//! - the sender dies after NOTIFY: the segment file stays (no one unlinked it) and the receiver
-//!   maps it as usual; it is then the only holder;
-//! - the sender dies before the frame is sent: nothing was promised; the kernel dropped its
-//!   lock and the next sweep removes the file.
+//!   hand-over; the kernel frees the descriptor that waited in the dead receiver's queue, and
+//!   the memory goes with the last holder;
+//! - the receiver dies after ACK: as above; its own descriptor and mapping went with it;
+//! - the sender dies after NOTIFY: the descriptor in flight keeps the memory; the receiver maps
+//!   it as usual and is then the only holder;
+//! - the sender dies before the frame is sent: nothing was promised; its holds went with it.
 
 use crate::shm::transfer::Hold;
 use std::fmt;
@@ -132,9 +136,12 @@ impl fmt::Debug for Handover {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::segment::{Segment, SegmentError, SHM_DIR};
+    use crate::shm::segment::{Segment, SegmentId};
+    use crate::shm::SharedSliceMut;
+    use crate::sys::socket;
     use proptest::prelude::*;
-    use std::path::Path;
+    use std::marker::PhantomData;
+    use std::os::fd::{AsFd, OwnedFd};
     use std::sync::Arc;
 
     fn handover() -> Handover {
@@ -170,59 +177,93 @@ mod tests {
         assert_eq!(b.state(), HandoverState::Abandoned);
     }
 
-    /// One step of a two-process hand-over, played against the real kernel: each side's holds
-    /// are its own open file descriptions, so flock treats them as two processes.
+    /// One step of a two-process hand-over, played against the real kernel: the descriptor
+    /// travels through a real socket pair, and a side's death closes what it held, as the
+    /// kernel does for a killed process.
     #[derive(Clone, Copy, Debug)]
     enum Step {
+        SenderSends,
         SenderDropsItsHandle,
         ReceiverMaps,
         AckArrives,
         SenderDies,
         ReceiverDies,
         ReceiverDropsItsHandle,
-        Sweep,
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
+            Just(Step::SenderSends),
             Just(Step::SenderDropsItsHandle),
             Just(Step::ReceiverMaps),
             Just(Step::AckArrives),
             Just(Step::SenderDies),
             Just(Step::ReceiverDies),
             Just(Step::ReceiverDropsItsHandle),
-            Just(Step::Sweep),
         ]
     }
 
+    const PATTERN: &[u8; 8] = b"ensemble";
+
     struct World {
-        name: String,
+        id: SegmentId,
         sender_handle: Option<Arc<Segment>>,
         sender_alive: bool,
         handover: Option<Handover>,
+        to_receiver: Option<OwnedFd>,
+        receiver_socket: Option<OwnedFd>,
+        sent: bool,
         receiver: Option<Arc<Segment>>,
         receiver_alive: bool,
         acked: bool,
     }
 
     impl World {
-        fn exists(&self) -> bool {
-            Path::new(SHM_DIR).join(&self.name).exists()
+        fn new() -> World {
+            let mut array = SharedSliceMut::<u8>::new(16).unwrap();
+            array[..8].copy_from_slice(PATTERN);
+            let created = Arc::clone(&array.segment);
+            drop(array);
+            let (a, b) = socket::seqpacket_pair().unwrap();
+            World {
+                id: created.id(),
+                handover: Some(Handover::notify(1, vec![Arc::clone(&created)])),
+                sender_handle: Some(created),
+                sender_alive: true,
+                to_receiver: Some(a),
+                receiver_socket: Some(b),
+                sent: false,
+                receiver: None,
+                receiver_alive: true,
+                acked: false,
+            }
         }
 
         fn apply(&mut self, step: Step) {
             match step {
-                Step::SenderDropsItsHandle => drop(self.sender_handle.take()),
-                Step::ReceiverMaps if self.receiver_alive && self.receiver.is_none() && !self.acked => {
-                    match Segment::open(&self.name, 16) {
-                        Ok(segment) => self.receiver = Some(segment),
-                        Err(SegmentError::Gone(_)) => {
-                            // Only allowed when the sender died before the receiver mapped.
-                            assert!(!self.sender_alive, "a live sender's segment vanished before ACK");
-                            self.receiver_alive = false; // the receiver reports the error
-                        }
-                        Err(e) => panic!("{e}"),
+                Step::SenderSends
+                    if self.sender_alive
+                        && !self.sent
+                        && self.handover.as_ref().is_some_and(|h| h.holds() > 0) =>
+                {
+                    let held = &self.handover.as_ref().unwrap().holds[0];
+                    let socket = self.to_receiver.as_ref().unwrap();
+                    // A dead receiver's end is closed: the send fails and the sender abandons.
+                    if socket::send_datagram(socket.as_fd(), &[b"handle"], &[held.fd()]).is_ok() {
+                        self.sent = true;
                     }
+                }
+                Step::SenderDropsItsHandle => drop(self.sender_handle.take()),
+                Step::ReceiverMaps
+                    if self.receiver_alive && self.sent && self.receiver.is_none() && !self.acked =>
+                {
+                    let mut buf = [0u8; 16];
+                    let socket = self.receiver_socket.as_ref().unwrap();
+                    let got = socket::recv_datagram(socket.as_fd(), &mut buf).unwrap();
+                    let segment = Segment::adopt(got.fds[0].as_fd(), 16, true).unwrap();
+                    let array = SharedSliceMut::<u8> { segment, start: 0, len: 16, _element: PhantomData };
+                    assert_eq!(&array[..8], PATTERN, "freed early");
+                    self.receiver = Some(array.segment);
                 }
                 Step::AckArrives if self.receiver.is_some() && !self.acked => {
                     self.acked = true;
@@ -234,75 +275,50 @@ mod tests {
                 }
                 Step::SenderDies if self.sender_alive => {
                     self.sender_alive = false;
-                    for held in
-                        self.sender_handle.iter().chain(self.handover.iter().flat_map(|h| h.holds.iter()))
-                    {
-                        held.forget_on_drop();
-                    }
                     self.sender_handle = None;
                     self.handover = None;
+                    self.to_receiver = None;
                 }
                 Step::ReceiverDies if self.receiver_alive => {
                     self.receiver_alive = false;
-                    if let Some(r) = self.receiver.take() {
-                        r.forget_on_drop();
-                    }
+                    self.receiver = None;
+                    self.receiver_socket = None; // frees the descriptor waiting in its queue
                     if self.sender_alive && !self.acked {
                         self.handover.as_mut().unwrap().abandon().unwrap();
                     }
                 }
                 Step::ReceiverDropsItsHandle if self.acked => drop(self.receiver.take()),
-                // What a sweep does to this segment (a real sweep would also touch other tests').
-                Step::Sweep => {
-                    crate::shm::segment::remove_if_unheld(&self.name);
-                }
                 _ => {}
             }
         }
 
-        /// Nobody alive still needs it: not the sender, not a receiver that has it or is due it.
-        fn needed(&self) -> bool {
-            let sender_holds = self.sender_alive
-                && (self.sender_handle.is_some() || self.handover.as_ref().is_some_and(|h| h.holds() > 0));
-            sender_holds || (self.receiver_alive && self.receiver.is_some())
+        /// Whether any descriptor or mapping of the segment is left in this process.
+        fn exists(&self) -> bool {
+            let inode = format!(" {} ", self.id.ino);
+            let mapped = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+            let by_fd = std::fs::read_dir("/proc/self/fd").unwrap().flatten().any(|e| {
+                std::fs::metadata(e.path()).is_ok_and(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.ino() == self.id.ino && m.dev() == self.id.dev
+                })
+            });
+            by_fd || mapped.lines().any(|l| l.contains(&inode) && l.contains("memfd:ensemble"))
         }
     }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
-        /// Whatever the interleaving and whoever dies when: the segment exists while anyone
-        /// alive needs it, and once nobody does (and a sweep ran), it is gone.
+        /// Whatever the interleaving and whoever dies when: a receiver that maps the segment
+        /// finds it intact, and once everyone let go or died, nothing of it is left.
         #[test]
-        fn never_freed_early_never_leaked(steps in proptest::collection::vec(step(), 0..12)) {
-            let created = Segment::create(16).unwrap();
-            let name = created.name().to_owned();
-            let handover = Handover::notify(1, vec![Arc::clone(&created)]);
-            let mut world = World {
-                name,
-                sender_handle: Some(created),
-                sender_alive: true,
-                handover: Some(handover),
-                receiver: None,
-                receiver_alive: true,
-                acked: false,
-            };
+        fn never_freed_early_never_leaked(steps in proptest::collection::vec(step(), 0..14)) {
+            let mut world = World::new();
             for step in steps {
                 world.apply(step);
-                if world.needed() {
-                    prop_assert!(world.exists(), "freed while needed, after {:?}", step);
-                }
             }
-            // Everyone lets go (or dies), then a sweep runs: nothing may be left.
-            for step in [Step::ReceiverMaps, Step::AckArrives, Step::SenderDropsItsHandle, Step::ReceiverDropsItsHandle, Step::ReceiverDies, Step::SenderDies, Step::Sweep] {
+            for step in [Step::SenderSends, Step::ReceiverMaps, Step::AckArrives, Step::SenderDropsItsHandle, Step::ReceiverDropsItsHandle, Step::ReceiverDies, Step::SenderDies] {
                 world.apply(step);
-            }
-            // A fork elsewhere in this test process (other tests spawn children) can hold a dup
-            // of a descriptor for a moment; the janitor and the sweeper get it after.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while world.exists() && std::time::Instant::now() < deadline {
-                crate::shm::segment::remove_if_unheld(&world.name);
-                std::thread::sleep(std::time::Duration::from_millis(5));
             }
             prop_assert!(!world.exists(), "leaked");
         }

@@ -1,24 +1,36 @@
 //! The link between segment handles and frames: while a frame is encoded, every handle in it
-//! leaves a hold with the sender; while a frame is decoded, every handle in it is opened and
-//! counted, so that the receiver knows to acknowledge.
+//! leaves a hold with the sender and names its descriptor by its index among the frame's
+//! attached descriptors; while a frame is decoded, every handle in it adopts the descriptor at
+//! its index, and is counted, so that the receiver knows to acknowledge.
 //!
 //! Both are thread-local contexts set by the wire layer around one encode or decode; a handle
-//! serialized or deserialized anywhere else is refused ([`SegmentError::OutsideMessage`]),
-//! so that handles cannot be duplicated outside the hand-over protocol.
+//! serialized or deserialized anywhere else is refused ([`SegmentError::OutsideMessage`]), so
+//! that handles cannot be duplicated outside the hand-over protocol, and a handle decoded from
+//! bytes alone, with no descriptor, is refused ([`SegmentError::MissingDescriptor`]).
 
 use crate::shm::segment::{Segment, SegmentError};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-/// A segment kept alive by its sender until the receiver has acknowledged it.
+/// A segment kept alive by its sender until the receiver has acknowledged it. Its descriptor is
+/// attached to the frame that carries its handle.
 pub type Hold = Arc<Segment>;
 
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<Hold>>> = const { RefCell::new(None) };
-    static INCOMING: Cell<Option<usize>> = const { Cell::new(None) };
+    static INCOMING: RefCell<Option<Incoming>> = const { RefCell::new(None) };
 }
 
-/// Runs `encode` and returns what it produced with the holds of the handles it serialized.
+/// The descriptors of a frame being decoded, and the segments adopted from them.
+struct Incoming {
+    fds: Vec<OwnedFd>,
+    adopted: Vec<Option<Arc<Segment>>>,
+    count: usize,
+}
+
+/// Runs `encode` and returns what it produced with the holds of the handles it serialized, in
+/// the order of their indexes: attach their descriptors to the frame in that order.
 pub(crate) fn collecting_holds<R>(encode: impl FnOnce() -> R) -> (R, Vec<Hold>) {
     let outer = OUTGOING.with(|o| o.replace(Some(Vec::new())));
     let result = encode();
@@ -26,32 +38,50 @@ pub(crate) fn collecting_holds<R>(encode: impl FnOnce() -> R) -> (R, Vec<Hold>) 
     (result, holds)
 }
 
-/// Runs `decode` and returns its result with the number of segments it opened.
-pub(crate) fn counting_opens<R>(decode: impl FnOnce() -> R) -> (R, usize) {
-    let outer = INCOMING.with(|i| i.replace(Some(0)));
+/// Runs `decode` with the frame's descriptors and returns its result with the number of
+/// segment handles it decoded.
+pub(crate) fn receiving<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R, usize) {
+    let adopted = fds.iter().map(|_| None).collect();
+    let outer = INCOMING.with(|i| i.replace(Some(Incoming { fds, adopted, count: 0 })));
     let result = decode();
-    let opened = INCOMING.with(|i| i.replace(outer)).unwrap_or(0);
+    let opened = INCOMING.with(|i| i.replace(outer)).map_or(0, |i| i.count);
     (result, opened)
 }
 
-/// Called by a handle's `Serialize`: keeps `segment` alive with the sender.
-pub(crate) fn hold(segment: &Arc<Segment>) -> Result<(), SegmentError> {
+/// Called by a handle's `Serialize`: keeps `segment` alive with the sender and returns the index
+/// of its descriptor among the frame's.
+pub(crate) fn hold(segment: &Arc<Segment>) -> Result<u32, SegmentError> {
+    segment.seal_against_writing();
     OUTGOING.with(|o| match o.borrow_mut().as_mut() {
         Some(holds) => {
-            // bincode serializes twice (once to size the buffer): hold each segment once.
-            if !holds.iter().any(|h| Arc::ptr_eq(h, segment)) {
-                holds.push(Arc::clone(segment));
-            }
-            Ok(())
+            let index = match holds.iter().position(|h| Arc::ptr_eq(h, segment)) {
+                Some(index) => index,
+                None => {
+                    holds.push(Arc::clone(segment));
+                    holds.len() - 1
+                }
+            };
+            Ok(index as u32)
         }
         None => Err(SegmentError::OutsideMessage),
     })
 }
 
-/// Called by a handle's `Deserialize`: opens and holds the segment.
-pub(crate) fn open(name: &str, len: usize) -> Result<Arc<Segment>, SegmentError> {
-    let Some(count) = INCOMING.with(Cell::get) else { return Err(SegmentError::OutsideMessage) };
-    let segment = Segment::open(name, len)?;
-    INCOMING.with(|i| i.set(Some(count + 1)));
-    Ok(segment)
+/// Called by a handle's `Deserialize`: adopts the descriptor at `index` as a segment of at
+/// least `len` bytes, mapped writable or read-only. Two handles of one segment in a frame (two
+/// parts of an array) share one mapping.
+pub(crate) fn open(index: u32, len: usize, writable: bool) -> Result<Arc<Segment>, SegmentError> {
+    INCOMING.with(|i| {
+        let mut incoming = i.borrow_mut();
+        let incoming = incoming.as_mut().ok_or(SegmentError::OutsideMessage)?;
+        let index = index as usize;
+        let fd = incoming.fds.get(index).ok_or(SegmentError::MissingDescriptor)?;
+        let segment = match &incoming.adopted[index] {
+            Some(segment) if segment.len() >= len && segment.writable() == writable => Arc::clone(segment),
+            _ => Segment::adopt(fd.as_fd(), len, writable)?,
+        };
+        incoming.adopted[index] = Some(Arc::clone(&segment));
+        incoming.count += 1;
+        Ok(segment)
+    })
 }

@@ -73,6 +73,34 @@ impl Write for BodyWriter {
     }
 }
 
+/// A new segment memfd named `name`, allocated to `len` bytes (so that no later write can fail
+/// for lack of memory) and sealed against resizing.
+///
+/// # Errors
+/// The `memfd_create`, `fallocate` (`ENOMEM`, `ENOSPC` under a cgroup limit) or `fcntl` error.
+pub fn create_segment(name: &str, len: u64) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW)?;
+    Ok(fd)
+}
+
+/// The seals a memfd carries.
+///
+/// # Errors
+/// `EINVAL` when `fd` is not a memfd (or another file that supports seals).
+pub fn seals(fd: BorrowedFd<'_>) -> io::Result<SealFlags> {
+    Ok(rustix::fs::fcntl_get_seals(fd)?)
+}
+
+/// Adds `seals` to a memfd.
+///
+/// # Errors
+/// `EBUSY` for a write seal while a writable mapping exists; `EPERM` once sealed against seals.
+pub fn add_seals(fd: BorrowedFd<'_>, seals: SealFlags) -> io::Result<()> {
+    Ok(rustix::fs::fcntl_add_seals(fd, seals)?)
+}
+
 /// Why a received body descriptor was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyMapError {

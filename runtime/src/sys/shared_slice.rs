@@ -8,7 +8,7 @@
 //!   single `SharedSliceMut` when it was frozen, so nobody can write it any more.
 //! - A view borrows its handle, and the handle holds the mapping: a view cannot outlive it.
 
-use crate::shm::segment::{Segment, SegmentError};
+use crate::shm::segment::{Segment, SegmentError, SegmentId};
 use bytemuck::Pod;
 use std::fmt;
 use std::marker::PhantomData;
@@ -51,15 +51,16 @@ pub struct SharedSliceMut<T: Pod> {
 }
 
 impl<T: Pod> SharedSliceMut<T> {
-    /// A new zero-filled array of `len` elements in a new segment.
+    /// A new zero-filled array of `len` elements in a new segment (an anonymous memory file:
+    /// nothing appears in `/dev/shm`, and the memory goes with the last process that holds it).
     ///
     /// # Errors
-    /// [`SegmentError::NoSpace`] when `/dev/shm` cannot hold it (checked now, not at first
-    /// write), or another [`SegmentError`].
+    /// [`SegmentError::NoMemory`] when the memory that can back it is smaller (checked now, not
+    /// at first write), or another [`SegmentError`].
     pub fn new(len: usize) -> Result<Self, SegmentError> {
         let bytes = len
             .checked_mul(size_of::<T>())
-            .ok_or(SegmentError::NoSpace { requested: u64::MAX, available: 0 })?;
+            .ok_or(SegmentError::NoMemory { requested: u64::MAX, available: 0 })?;
         let segment = Segment::create(bytes)?;
         Ok(SharedSliceMut { segment, start: 0, len, _element: PhantomData })
     }
@@ -111,9 +112,10 @@ impl<T: Pod> SharedSliceMut<T> {
     /// # Errors
     /// Gives both back when they are not adjacent parts of one segment, in this order.
     pub fn join(self, next: Self) -> Result<Self, (Self, Self)> {
-        // Parts received in different messages are different mappings of one segment: compare names.
+        // Parts received in different messages are different mappings of one segment: compare
+        // the memfd's identity.
         let same_segment =
-            Arc::ptr_eq(&self.segment, &next.segment) || self.segment.name() == next.segment.name();
+            Arc::ptr_eq(&self.segment, &next.segment) || self.segment.id() == next.segment.id();
         if same_segment && self.start + self.len == next.start {
             return Ok(SharedSliceMut { len: self.len + next.len, ..self });
         }
@@ -140,28 +142,37 @@ impl<T: Pod> SharedSliceMut<T> {
         Ok(whole)
     }
 
-    /// Makes the array read-only and shareable. Only the owner of the whole segment can.
+    /// Makes the array read-only and shareable. Only the owner of the whole segment can. The
+    /// segment is sealed against writing: no process can write it any more, not even through
+    /// `/proc/PID/fd` (`F_SEAL_FUTURE_WRITE` now, `F_SEAL_WRITE` once the last writable mapping,
+    /// e.g. a worker's not yet acknowledged, is gone).
     ///
     /// # Errors
-    /// Gives `self` back when it is only a part of its segment.
+    /// Gives `self` back when it is only a part of its segment, or, rarely, when the read-only
+    /// mapping cannot be made (out of memory; logged).
     pub fn freeze(self) -> Result<SharedSlice<T>, Self> {
-        if self.start == 0 && self.len * size_of::<T>() == self.segment.len() {
-            Ok(SharedSlice { segment: self.segment, len: self.len, _element: PhantomData })
-        } else {
-            Err(self)
+        if self.start != 0 || self.len * size_of::<T>() != self.segment.len() {
+            return Err(self);
+        }
+        match self.segment.frozen() {
+            Ok(segment) => Ok(SharedSlice { segment, len: self.len, _element: PhantomData }),
+            Err(e) => {
+                tracing::error!("cannot freeze a shared array: {e}");
+                Err(self)
+            }
         }
     }
 
-    /// The name of the segment this part belongs to.
-    pub fn segment_name(&self) -> &str {
-        self.segment.name()
+    /// Who the segment this part belongs to is, across processes.
+    pub fn segment_id(&self) -> SegmentId {
+        self.segment.id()
     }
 }
 
 impl<T: Pod> SharedSlice<T> {
-    /// The name of the segment.
-    pub fn segment_name(&self) -> &str {
-        self.segment.name()
+    /// Who the segment is, across processes.
+    pub fn segment_id(&self) -> SegmentId {
+        self.segment.id()
     }
 }
 
@@ -170,10 +181,12 @@ impl<T: Pod> Deref for SharedSlice<T> {
 
     fn deref(&self) -> &[T] {
         // SAFETY: `len * size_of::<T>()` equals the segment's length (checked by `freeze` or,
-        // on receipt, by `Segment::open`), so the range is inside the mapping. A SharedSlice
-        // exists only for a frozen segment, which no one can write any more. The mapping is
-        // held by `self.segment` for as long as this borrow of `self`.
-        let bytes = unsafe { crate::sys::shm::bytes(self.segment.map(), 0, self.len * size_of::<T>()) };
+        // on receipt, by the handle's check and `Segment::adopt`), so the range is inside the
+        // mapping. A SharedSlice exists only for a frozen segment: sealed against new writes
+        // and writable mappings, and no `SharedSliceMut` of it is left anywhere (freezing took
+        // the whole range from its single owner). The mapping is held by `self.segment` for as
+        // long as this borrow of `self`.
+        let bytes = unsafe { crate::sys::shm::bytes(self.segment.map_ref(), 0, self.len * size_of::<T>()) };
         bytemuck::cast_slice(bytes)
     }
 }
@@ -186,7 +199,11 @@ impl<T: Pod> Deref for SharedSliceMut<T> {
         // original array; `Segment::open` checked the size on receipt). This value owns the
         // range exclusively, and `&self` excludes a concurrent `&mut` through it.
         let bytes = unsafe {
-            crate::sys::shm::bytes(self.segment.map(), self.start * size_of::<T>(), self.len * size_of::<T>())
+            crate::sys::shm::bytes(
+                self.segment.map_ref(),
+                self.start * size_of::<T>(),
+                self.len * size_of::<T>(),
+            )
         };
         bytemuck::cast_slice(bytes)
     }
@@ -196,9 +213,11 @@ impl<T: Pod> DerefMut for SharedSliceMut<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as for `deref`, and `&mut self` makes this the only reference to the range:
         // no other part overlaps it, and no SharedSlice of the segment exists while parts do.
+        // The mapping is writable: a mutable handle is only ever made over a writable mapping
+        // (`Segment::create`, or `Segment::adopt` of an unfrozen memfd).
         let bytes = unsafe {
             crate::sys::shm::bytes_mut(
-                self.segment.map(),
+                self.segment.map_ref(),
                 self.start * size_of::<T>(),
                 self.len * size_of::<T>(),
             )
@@ -215,14 +234,14 @@ impl<T: Pod> Clone for SharedSlice<T> {
 
 impl<T: Pod + fmt::Debug> fmt::Debug for SharedSlice<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedSlice").field("segment", &self.segment.name()).field("len", &self.len).finish()
+        f.debug_struct("SharedSlice").field("segment", &self.segment.id()).field("len", &self.len).finish()
     }
 }
 
 impl<T: Pod + fmt::Debug> fmt::Debug for SharedSliceMut<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedSliceMut")
-            .field("segment", &self.segment.name())
+            .field("segment", &self.segment.id())
             .field("range", &(self.start..self.start + self.len))
             .finish()
     }
