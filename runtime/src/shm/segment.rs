@@ -14,7 +14,10 @@
 //!   with [`Segment::adopt`], which checks the seals it relies on before mapping.
 //! - Freezing: [`Segment::frozen`] maps the memfd read-only and seals it against writing:
 //!   `F_SEAL_FUTURE_WRITE` at once (no new writable mapping, no `write`, also through
-//!   `/proc/PID/fd`), and `F_SEAL_WRITE` as soon as no writable mapping is left anywhere.
+//!   `/proc/PID/fd`), and `F_SEAL_WRITE` as soon as no writable mapping is left anywhere. The
+//!   latter makes the kernel walk every page of the segment (it waits for pinned pages), so it
+//!   runs off the caller's path, on a blocking thread of the I/O runtime, retried while older
+//!   writable mappings (a sender's hold awaiting its acknowledgement) still exist.
 //! - Names: the memfd is named `ensemble:<process name>`, which `/proc/PID/fd` and
 //!   `/proc/PID/maps` show (`memfd:ensemble:worker-1 (deleted)`), so people can see who holds
 //!   what.
@@ -147,16 +150,15 @@ impl Segment {
     pub(crate) fn frozen(&self) -> Result<Arc<Segment>, SegmentError> {
         sys::memfd::add_seals(self.file.as_fd(), SealFlags::FUTURE_WRITE)?;
         let frozen = Segment::map(self.file.try_clone()?, self.len, false)?;
-        frozen.seal_against_writing();
+        let file = self.file.try_clone()?;
+        drop(crate::io_thread::handle().spawn_blocking(move || seal_for_good(&file)));
         Ok(frozen)
     }
 
-    /// Seals against writing for good once no writable mapping is left (`EBUSY` before: the
-    /// future-write seal holds meanwhile). Cheap; called again when the segment is sent.
-    pub(crate) fn seal_against_writing(&self) {
-        if !self.writable {
-            let _ = sys::memfd::add_seals(self.file.as_fd(), SealFlags::WRITE);
-        }
+    /// Seals against writing for good, if no writable mapping is left (`EBUSY` otherwise).
+    #[cfg(test)]
+    pub(crate) fn seal_against_writing(&self) -> io::Result<()> {
+        sys::memfd::add_seals(self.file.as_fd(), SealFlags::WRITE)
     }
 
     fn map(file: File, len: usize, writable: bool) -> Result<Arc<Segment>, SegmentError> {
@@ -203,6 +205,19 @@ impl std::fmt::Debug for Segment {
 impl std::fmt::Display for SegmentId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "memfd inode {}", self.ino)
+    }
+}
+
+/// Adds `F_SEAL_WRITE` once the last writable mapping is gone: looks again after 1, 10, 100 ms
+/// and 1 s, then leaves the future-write seal to hold alone (a writable mapping older than the
+/// freeze is still out there: the seal would tell receivers something untrue).
+fn seal_for_good(file: &File) {
+    for wait in [0, 1, 10, 100, 1_000] {
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+        match sys::memfd::add_seals(file.as_fd(), SealFlags::WRITE) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            _ => return,
+        }
     }
 }
 
@@ -306,8 +321,9 @@ mod tests {
             f.write_all(b"x")
         });
         assert!(written.is_err(), "a write through /proc succeeded");
+        assert!(frozen.seal_against_writing().is_err(), "a writable mapping is left");
         drop(segment);
-        frozen.seal_against_writing();
+        frozen.seal_against_writing().unwrap();
         assert!(
             sys::memfd::seals(frozen.fd()).unwrap().contains(SealFlags::WRITE),
             "sealed for good once no writable mapping is left"

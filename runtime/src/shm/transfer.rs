@@ -51,7 +51,6 @@ pub(crate) fn receiving<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R,
 /// Called by a handle's `Serialize`: keeps `segment` alive with the sender and returns the index
 /// of its descriptor among the frame's.
 pub(crate) fn hold(segment: &Arc<Segment>) -> Result<u32, SegmentError> {
-    segment.seal_against_writing();
     OUTGOING.with(|o| match o.borrow_mut().as_mut() {
         Some(holds) => {
             let index = match holds.iter().position(|h| Arc::ptr_eq(h, segment)) {
