@@ -83,7 +83,8 @@ pub fn signal_name(sig: i32) -> &'static str {
 static LIVE: Mutex<usize> = Mutex::new(0);
 static LIVE_CHANGED: Condvar = Condvar::new();
 
-/// How many children of this process have been started and not reaped yet.
+/// How many children of this process are being started or have been started and not reaped
+/// yet.
 pub fn live_children() -> usize {
     *LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -107,6 +108,25 @@ fn count_live(delta: isize) {
     LIVE_CHANGED.notify_all();
 }
 
+/// A child about to be launched, counted as live from before `fork` until a [`ChildProcess`]
+/// takes the count over (or the launch fails), so that [`wait_for_children`] never returns
+/// while a spawn is under way and its child could outlive the wait.
+#[derive(Debug)]
+pub(crate) struct Launching(());
+
+impl Launching {
+    pub(crate) fn new() -> Launching {
+        count_live(1);
+        Launching(())
+    }
+}
+
+impl Drop for Launching {
+    fn drop(&mut self) {
+        count_live(-1);
+    }
+}
+
 /// A child process started by [`crate::spawn`], owned by the parent until it is reaped.
 pub struct ChildProcess {
     pid: u32,
@@ -124,8 +144,14 @@ struct State {
 }
 
 impl ChildProcess {
-    /// Takes over a started child. On error (no pidfd) the child is killed and reaped.
-    pub(crate) fn new(mut child: Child, name: String, stderr: StderrTail) -> std::io::Result<ChildProcess> {
+    /// Takes over a started child and the count of `launching`. On error (no pidfd) the child
+    /// is killed and reaped.
+    pub(crate) fn new(
+        mut child: Child,
+        name: String,
+        stderr: StderrTail,
+        launching: Launching,
+    ) -> std::io::Result<ChildProcess> {
         let pidfd = match sys::pidfd_open(child.id()) {
             Ok(pidfd) => pidfd,
             Err(e) => {
@@ -134,7 +160,7 @@ impl ChildProcess {
                 return Err(e);
             }
         };
-        count_live(1);
+        std::mem::forget(launching); // its count is ours now
         Ok(ChildProcess {
             pid: child.id(),
             pidfd,

@@ -22,7 +22,7 @@
 //! it runs on the spawning thread, with no helper thread.
 
 use crate::build::{BuildId, PROTOCOL_VERSION};
-use crate::process::{ChildProcess, ExitInfo};
+use crate::process::{ChildProcess, ExitInfo, Launching};
 use crate::stderr_tail::StderrTail;
 use crate::sys::{self, socket};
 use crate::transport::{Admission, Frame, Limits, Link, ProtocolError, ReadError};
@@ -208,8 +208,9 @@ pub fn spawn(
     sys::raise_nofile_limit();
     let (ours, theirs) = socket::seqpacket_pair().map_err(SpawnError::Launch)?;
     socket::set_pass_credentials(ours.as_fd(), true).map_err(SpawnError::Launch)?;
+    let launching = Launching::new();
     let child = launch(command(config, theirs)).map_err(SpawnError::Launch)?;
-    let process = Arc::new(adopt(child, config)?);
+    let process = Arc::new(adopt(child, config, launching)?);
     let link = Arc::new(Link::new(ours, config.limits, config.send_queue));
     let handshake = Handshake { link: &link, process: &process };
     handshake.hello(config.handshake_timeout)?;
@@ -272,11 +273,13 @@ fn launch(cmd: Command) -> std::io::Result<Child> {
     reply_rx.recv().map_err(|_| gone())?
 }
 
-fn adopt(mut child: Child, config: &SpawnConfig) -> Result<ChildProcess, SpawnError> {
+fn adopt(mut child: Child, config: &SpawnConfig, launching: Launching) -> Result<ChildProcess, SpawnError> {
     let stderr = child.stderr.take().expect("stderr is piped");
     let pid = child.id();
     match StderrTail::forward(stderr, format!("ensemble-stderr-{pid}")) {
-        Ok(tail) => ChildProcess::new(child, config.name.clone(), tail).map_err(SpawnError::Launch),
+        Ok(tail) => {
+            ChildProcess::new(child, config.name.clone(), tail, launching).map_err(SpawnError::Launch)
+        }
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -410,7 +413,7 @@ mod tests {
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::from(theirs)).stderr(Stdio::piped());
         let config = SpawnConfig { handshake_timeout: timeout, ..SpawnConfig::default() };
-        let process = Arc::new(adopt(launch(cmd).unwrap(), &config).unwrap());
+        let process = Arc::new(adopt(launch(cmd).unwrap(), &config, Launching::new()).unwrap());
         let link = Arc::new(Link::new(ours, config.limits, 8));
         let error =
             Handshake { link: &link, process: &process }.hello(timeout).expect_err("no valid hello can come");
