@@ -116,24 +116,39 @@ async fn read_parent<A: ProcessActor>(
     shared: Arc<ContextShared>,
     addr: Addr<Backend<A>>,
 ) {
+    // After a frame is handed over alone, the next poll takes whatever else has arrived as one
+    // batch: the first frame of a burst is handled at once, the rest with one wake-up.
+    let mut batch_next = false;
     let end = std::future::poll_fn(|cx| {
         if let Poll::Ready(Err(e)) = driver.poll_flush(cx) {
             return Poll::Ready(Err(ReadError::Local(std::io::Error::other(e))));
         }
-        loop {
+        let mut batch = Vec::new();
+        let end = loop {
             match driver.poll_frame(cx) {
                 Poll::Ready(Ok(frame)) if acknowledged(&shared, &frame) => {}
                 Poll::Ready(Ok(frame)) => {
-                    addr.do_send(Incoming(vec![frame]));
-                    // The backend handles it (and replies) before this task reads again: the
-                    // read that finds the socket empty is off the round trip's critical path.
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+                    batch.push(frame);
+                    if !batch_next {
+                        // The backend handles it (and replies) before this task reads again:
+                        // the read that finds the socket empty is off the round trip's path.
+                        cx.waker().wake_by_ref();
+                        break Poll::Pending;
+                    }
+                    if batch.len() == MAX_BATCH {
+                        cx.waker().wake_by_ref();
+                        break Poll::Pending;
+                    }
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
             }
+        };
+        batch_next = !batch.is_empty() && !batch_next;
+        if !batch.is_empty() {
+            addr.do_send(Incoming(batch));
         }
+        end
     })
     .await;
     match end {
@@ -157,6 +172,9 @@ fn acknowledged(shared: &ContextShared, frame: &Frame) -> bool {
         None => false,
     }
 }
+
+/// The most frames handed to the backend in one message.
+const MAX_BATCH: usize = 64;
 
 /// How long a stopping child waits for the parent to take the segments it handed over.
 const HANDOVER_GRACE: Duration = Duration::from_secs(5);
