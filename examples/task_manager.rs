@@ -56,9 +56,6 @@ async fn main() -> anyhow::Result<()> {
     // Task 13 reads past the end of the array: it fails, the others do not notice.
     let tasks = (0..20).map(|id| Task { id, from: id, to: if id == 13 { 99 } else { id + 5 } });
     let results = farm.map_all(tasks).await;
-    farm.shutdown().await?;
-    println!("all workers stopped");
-
     for (id, result) in results.iter().enumerate() {
         match result {
             Ok(sum) => println!("task {id:>2}: sum of fibonacci[{id}..{}] = {sum}", id + 5),
@@ -70,7 +67,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let failed = results.iter().filter(|r| r.is_err()).count();
-    anyhow::ensure!(failed == 1 && results[13].is_err(), "exactly task 13 fails");
     println!("{} tasks done, {failed} failed", results.len() - failed);
+    farm.shutdown().await?;
+    println!("all workers stopped");
+    anyhow::ensure!(failed == 1 && results[13].is_err(), "exactly task 13 fails");
     Ok(())
 }

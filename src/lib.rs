@@ -55,8 +55,10 @@
 //! - **Nothing is retried.** A call is sent once; if the child dies, the call fails.
 //! - **No orphans, no zombies.** Every child is reaped by its parent. A child dies with its
 //!   parent (`PR_SET_PDEATHSIG`, checked against a parent that died first) and exits when its
-//!   parent's channel closes. Dropping the last `Remote` stops the child (post_run runs) and
-//!   kills it after its shutdown timeout.
+//!   parent's channel closes. Dropping the last `Remote` asks the child to stop (post_run runs)
+//!   and kills it after its shutdown timeout, if this process lives that long: `#[ensemble::main]`
+//!   waits for such children at the end of `main`; a `main` without it that returns at once
+//!   takes them down with it, without post_run ([`Hooks`] says when post_run runs).
 //! - **Builds.** The handshake checks the protocol version and the identity of the
 //!   executable; a child from another build is refused with [`SpawnError::BuildMismatch`].
 //!
@@ -64,7 +66,14 @@
 //! - Messages and actors must be `Serialize + Deserialize`: they cross a process boundary.
 //! - The handler traits are [`ProcessHandler`] and [`AsyncProcessHandler`], and the messages an
 //!   actor handles are listed in `#[actor(handles(...))]`; the names differ from actix's so that
-//!   both preludes can be imported together.
+//!   both preludes can be imported together. A handler's reply type is its message's `rtype`:
+//!   there is no `type Result` in the impl. `Self::Context` is [`ProcessContext<Self>`].
+//! - A farm's worker lists its task in `#[actor(batches(...))]`, not `handles`: a farm sends
+//!   tasks in batches.
+//! - Hooks are a trait of their own, [`Hooks`] (`pre_run`, `post_run`), not `Actor::started`.
+//! - No actix system is needed to use actors: `spawn`, supervisors and farms work in a plain
+//!   tokio runtime too (`#[tokio::main]`, axum, hyper), where a supervisor runs on a thread of
+//!   its own. `#[ensemble::main]` adds an actix system and waits for stopping children at exit.
 //! - [`Remote::send`] sends at once, not on first poll, and its future does not need an actix
 //!   system: any tokio runtime with a timer will do.
 //! - An actor's state lives in the child: the parent cannot borrow it, only message it.
@@ -97,16 +106,66 @@ pub use ensemble_runtime::shm::{SegmentError, SharedSlice, SharedSliceMut};
 /// The substrate: processes, handshake, wire format (re-export of `ensemble-runtime`).
 pub use ensemble_runtime as runtime;
 
+/// serde, re-exported: what messages are encoded with. Name it as `ensemble::serde` (in bounds,
+/// in the modules of `#[serde(with = "..")]`) without a dependency of your own.
+pub use serde;
+
+/// bytemuck, re-exported: the `Pod` and `Zeroable` traits of shared arrays' elements, and its casts.
+pub use bytemuck;
+
+/// Timers: tokio's `time` module (through actix-rt): `sleep`, `timeout`, `interval`, `Instant`.
+pub use actix_rt::time;
+
 /// The common path: `use ensemble::prelude::*;`.
+///
+/// Besides ensemble's own types it carries what programs around process actors use:
+/// [`StreamExt`](futures::StreamExt) (`events.next().await`), [`sleep`](crate::time::sleep)
+/// (tokio's: `.await` it, in async code; a sync handler blocks with `std::thread::sleep`), and
+/// the derives `Serialize`, `Deserialize` (serde's) and `Pod`, `Zeroable` (bytemuck's, for
+/// your own element types of shared arrays). The derives are serde's and bytemuck's own, run
+/// through ensemble, so a crate needs no `serde` or `bytemuck` dependency; they read
+/// `#[serde(..)]` and `#[bytemuck(..)]` attributes as usual. A crate that has `serde` may use
+/// `#[derive(serde::Serialize)]` instead; both implement the same trait.
+///
+/// # Examples
+/// ```
+/// use ensemble::prelude::*;
+///
+/// #[derive(Clone, Copy, Pod, Zeroable)]
+/// #[repr(C)]
+/// struct Pixel { r: u8, g: u8, b: u8, a: u8 }
+///
+/// #[derive(Serialize, Deserialize, RemoteMessage)]
+/// #[serde(rename_all = "camelCase")]
+/// struct Paint { pixels: SharedSlice<Pixel>, fill_ratio: f32 }
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut pixels = SharedSliceMut::<Pixel>::new(4)?;
+/// pixels[0] = Pixel { r: 255, g: 0, b: 0, a: 255 };
+/// let mut ticks = futures::stream::iter([1, 2]);
+/// while let Some(tick) = ticks.next().await {   // StreamExt
+///     sleep(std::time::Duration::from_millis(tick)).await;
+/// }
+/// # Ok(()) }
+/// ```
 pub mod prelude {
     pub use crate::supervisor::{ChildSpec, Restart, Strategy, SupervisorConfig, WhileDown};
+    pub use crate::time::sleep;
     pub use crate::{
         AsyncProcessHandler, CallError, Hooks, ProcessActor, ProcessContext, ProcessHandler, Remote,
         RemoteMessage, SpawnError, SpawnOptions, Supervised, Supervisor,
     };
     pub use crate::{Farm, FarmConfig, SharedSlice, SharedSliceMut, TaskError};
-    pub use futures_core::Stream;
-    pub use serde::{Deserialize, Serialize};
+    pub use futures::{Stream, StreamExt};
+    // The traits under their own paths, which name no derive; the derives are ensemble's.
+    pub use ensemble_macros::{Deserialize, Pod, Serialize, Zeroable};
+    pub use serde::{de::Deserialize, ser::Serialize};
+    // bytemuck has no path that names its traits alone: the glob brings them, and the derives
+    // imported above shadow the glob's.
+    pub use bytemuck_traits::*;
+    mod bytemuck_traits {
+        pub use bytemuck::{Pod, Zeroable};
+    }
 }
 
 /// Makes this process an ensemble child if it was started as one (and then never returns);
@@ -123,9 +182,11 @@ pub fn init() {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use bytemuck;
     pub use ensemble_actors::__private::*;
     pub use ensemble_runtime::child::{ActorEntry, ACTORS};
     pub use linkme;
+    pub use serde;
 
     use std::time::Duration;
 

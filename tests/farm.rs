@@ -66,6 +66,14 @@ async fn map_returns_every_result_in_input_order() {
     within(20, farm.shutdown()).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_farm_works_under_a_plain_tokio_runtime() {
+    let farm = farm(config(2)).await;
+    let squares = within(60, farm.map((0..1_000).map(Task::Square))).await.unwrap();
+    assert_eq!(squares[999], 998_001);
+    within(20, farm.shutdown()).await.unwrap();
+}
+
 #[actix_rt::test]
 async fn a_million_tiny_inputs_are_pulled_only_as_fast_as_they_complete() {
     let farm = farm(config(2)).await;

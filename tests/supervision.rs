@@ -307,6 +307,34 @@ async fn shutdown_stops_children_in_reverse_order_and_kills_a_stuck_one() {
     assert_eq!(log.lines(), ["c", "a"], "post_run ran in the children that stopped gracefully");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_plain_tokio_a_supervisor_runs_on_a_thread_of_its_own_and_restarts_and_stops_in_order() {
+    let log = Log::new("tokio");
+    let mut supervisor = Supervisor::new(config(Strategy::OneForOne));
+    let worker = supervisor.add(logged_spec("w", &log));
+    let mut events = supervisor.events();
+    let root = within(10, supervisor.start()).await.unwrap();
+    let first = within(5, worker.send(Ping)).await.unwrap();
+    let crashed = worker.remote().unwrap();
+    crashed.kill();
+    within(10, crashed.exited()).await;
+    events_until(&mut events, |e| matches!(e, SupervisorEvent::Restarted { .. })).await;
+    let second = within(5, worker.send(Ping)).await.unwrap();
+    assert_ne!(first, second);
+    within(10, root.shutdown()).await.unwrap();
+    assert_eq!(log.lines(), ["w"], "post_run ran on shutdown");
+}
+
+#[tokio::test]
+async fn under_plain_tokio_the_process_supervisor_starts_children_and_stops_them() {
+    let log = Log::new("tokio-process");
+    let supervisor = ensemble::supervisor::process_supervisor().unwrap();
+    let worker = within(10, supervisor.start_child(logged_spec("p", &log))).await.unwrap();
+    within(5, worker.send(Ping)).await.unwrap();
+    within(10, ensemble::supervisor::shutdown_process_supervisor()).await.unwrap();
+    assert_eq!(log.lines(), ["p"], "post_run ran on shutdown");
+}
+
 /// Runs a supervisor of its own, inside a child process.
 #[derive(Serialize, Deserialize, ProcessActor)]
 #[actor(handles(async StartInner))]

@@ -5,6 +5,7 @@ use crate::dispatch::Dispatch;
 use crate::message::RemoteMessage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::cell::RefCell;
 use std::error::Error;
 use std::future::Future;
 
@@ -14,8 +15,11 @@ use std::future::Future;
 /// Implemented by `#[derive(ProcessActor)]`, which reads `#[actor(...)]`:
 /// - `handles(A, B, async C)`: the messages it handles; `async` marks an
 ///   [`AsyncProcessHandler`]. Sending any other message does not compile.
+/// - `batches(T)`: the tasks a [`Farm`](crate::Farm) sends it (in batches; each task runs
+///   through `ProcessHandler<T>`).
 /// - `event = E`: the type of the events it pushes to the frontend (default [`NoEvents`](crate::NoEvents)).
-/// - `hooks`: the type implements [`Hooks`] itself (default: empty hooks).
+/// - `hooks` (optional): asserts that the type implements [`Hooks`]. The child runs the type's
+///   `impl Hooks` whether or not it is given; without an impl, the hooks are empty.
 ///
 /// # Examples
 /// ```
@@ -43,9 +47,13 @@ use std::future::Future;
 /// counter.stop().await?;
 /// # Ok(()) }
 /// ```
-pub trait ProcessActor: Hooks + Serialize + DeserializeOwned + Send + Sized + 'static {
+pub trait ProcessActor: RunHooks + Serialize + DeserializeOwned + Send + Sized + 'static {
     /// What the backend pushes to the frontend with [`ProcessContext::send_out`].
     type Event: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The context handlers get: always [`ProcessContext<Self>`], so that a handler may write
+    /// `ctx: &mut Self::Context` as in actix.
+    type Context;
 
     /// The key under which the child finds this type: module path and type name.
     const KEY: &'static str;
@@ -60,7 +68,43 @@ pub type HookError = Box<dyn Error + Send + Sync>;
 
 /// Code that runs in the child around the messages: valkka's `preRun__` and `postRun__`.
 ///
-/// Implement it and add `hooks` to `#[actor(...)]`; otherwise the derive implements it empty.
+/// Implement it for a process actor and the child runs it; an actor that does not implement it
+/// has empty hooks. (`hooks` in `#[actor(..)]` is optional: it makes a missing impl an error.)
+///
+/// # When `post_run` runs
+/// When the actor stops while its process lives: [`Remote::stop`](crate::Remote::stop),
+/// [`ProcessContext::stop`], a supervisor's shutdown or group restart, or the parent's
+/// connection closing (the last `Remote` dropped, or the parent exited). It does not run when
+/// the process is killed or aborts, and so not when the parent exits before the child is done:
+/// a child dies with its parent (`SIGKILL`). Dropping the last handle asks the child to stop and
+/// returns at once; `#[ensemble::main]` waits at the end of `main` (up to 30 s) for the children
+/// still stopping, but a `main` without it (`#[tokio::main]`, `#[actix_rt::main]`) that returns
+/// right after dropping its last handle may kill the child before its `post_run` is done. Await
+/// [`Remote::stop`](crate::Remote::stop) (or a supervisor's shutdown) where `post_run` matters.
+///
+/// # Examples
+/// ```
+/// use ensemble::prelude::*;
+///
+/// #[derive(Serialize, Deserialize, ProcessActor)]
+/// struct Camera { device: String }
+///
+/// impl Hooks for Camera {
+///     fn pre_run(&mut self, _: &mut ProcessContext<Self>) -> Result<(), ensemble::HookError> {
+///         Err(format!("cannot open {}", self.device).into())
+///     }
+/// }
+///
+/// # #[actix_rt::main] async fn main() {
+/// let spawned = ensemble::spawn(Camera { device: "/dev/video9".into() }).await;
+/// assert!(spawned.unwrap_err().to_string().contains("cannot open /dev/video9"));
+/// # }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `Hooks`",
+    label = "`hooks` in `#[actor(..)]` asks for `impl Hooks for {Self}`",
+    note = "implement `ensemble::Hooks` for `{Self}` (its `pre_run` and `post_run`), or remove `hooks`: an actor without an impl has empty hooks"
+)]
 pub trait Hooks: Sized {
     /// Runs in the child before the first message: the place to open heavy resources. An error
     /// or a panic here fails the spawn with [`SpawnError::Start`](ensemble_runtime::SpawnError::Start).
@@ -84,6 +128,85 @@ pub trait Hooks: Sized {
         let _ = ctx;
     }
 }
+
+/// How the backend runs an actor's hooks: the actor's [`Hooks`] when it implements them, empty
+/// ones otherwise. Implemented by `#[derive(ProcessActor)]` (with [`HookProbe`]); do not
+/// implement it by hand.
+#[doc(hidden)]
+pub trait RunHooks: Sized {
+    /// [`Hooks::pre_run`], or nothing.
+    ///
+    /// # Errors
+    /// Those of [`Hooks::pre_run`].
+    fn pre_run(&mut self, ctx: &mut ProcessContext<Self>) -> Result<(), HookError>
+    where
+        Self: ProcessActor;
+
+    /// [`Hooks::post_run`], or nothing.
+    fn post_run(&mut self, ctx: &mut ProcessContext<Self>)
+    where
+        Self: ProcessActor;
+}
+
+/// Picks an actor's hooks by autoref: for a concrete type, `(&HookProbe::new(actor)).pre_run_hook(ctx)`
+/// resolves to [`UserHooks`] when the type implements [`Hooks`] (the method is found on
+/// `HookProbe` itself) and to [`NoHooks`] otherwise (found only after one more autoref). This
+/// is why an `impl Hooks` needs no option in `#[actor(..)]`.
+#[doc(hidden)]
+pub struct HookProbe<'a, A>(RefCell<&'a mut A>);
+
+impl<'a, A> HookProbe<'a, A> {
+    /// A probe of `actor`.
+    pub fn new(actor: &'a mut A) -> Self {
+        HookProbe(RefCell::new(actor))
+    }
+}
+
+/// The actor's own hooks: see [`HookProbe`].
+#[doc(hidden)]
+pub trait UserHooks<A: ProcessActor> {
+    /// Runs [`Hooks::pre_run`].
+    ///
+    /// # Errors
+    /// Those of [`Hooks::pre_run`].
+    fn pre_run_hook(&self, ctx: &mut ProcessContext<A>) -> Result<(), HookError>;
+    /// Runs [`Hooks::post_run`].
+    fn post_run_hook(&self, ctx: &mut ProcessContext<A>);
+}
+
+impl<A: ProcessActor + Hooks> UserHooks<A> for HookProbe<'_, A> {
+    fn pre_run_hook(&self, ctx: &mut ProcessContext<A>) -> Result<(), HookError> {
+        Hooks::pre_run(&mut **self.0.borrow_mut(), ctx)
+    }
+
+    fn post_run_hook(&self, ctx: &mut ProcessContext<A>) {
+        Hooks::post_run(&mut **self.0.borrow_mut(), ctx);
+    }
+}
+
+/// Empty hooks, for an actor without an `impl Hooks`: see [`HookProbe`].
+#[doc(hidden)]
+pub trait NoHooks<A: ProcessActor> {
+    /// Does nothing.
+    ///
+    /// # Errors
+    /// None.
+    fn pre_run_hook(&self, ctx: &mut ProcessContext<A>) -> Result<(), HookError>;
+    /// Does nothing.
+    fn post_run_hook(&self, ctx: &mut ProcessContext<A>);
+}
+
+impl<A: ProcessActor> NoHooks<A> for &HookProbe<'_, A> {
+    fn pre_run_hook(&self, _: &mut ProcessContext<A>) -> Result<(), HookError> {
+        Ok(())
+    }
+
+    fn post_run_hook(&self, _: &mut ProcessContext<A>) {}
+}
+
+/// Checks, where `hooks` is in `#[actor(..)]`, that the actor implements [`Hooks`].
+#[doc(hidden)]
+pub fn assert_hooks<A: Hooks>() {}
 
 /// Marks that actor `Self` handles message `M`, and under which tag. Generated by
 /// `#[derive(ProcessActor)]` for each message in `handles(...)`; do not implement it by hand.

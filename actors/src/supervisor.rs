@@ -5,9 +5,9 @@
 //! handle that survives restarts), [`start`](Supervisor::start) it, and either
 //! [`run_until_signal`](SupervisorHandle::run_until_signal) (what valkka's `MainContext` loop
 //! does) or [`shutdown`](SupervisorHandle::shutdown) when done; [`Background`] runs one on a
-//! thread of its own. A supervisor is an actix actor:
-//! it needs an actix system (`#[ensemble::main]`, `#[actix_rt::main]`, `actix_rt::System`).
-//! Any process can host one; a child process that does supervises its own children (a tree).
+//! thread of its own. A supervisor is an actix actor: on an actix arbiter (`#[ensemble::main]`,
+//! `#[actix_rt::main]`, actix-web) it runs there, and in a plain tokio runtime (`#[tokio::main]`,
+//! axum) on a thread of its own with its own actix system. Any process can host one; a child process that does supervises its own children (a tree).
 //! [`process_supervisor`] is every process's own, started on first use and shut down in order
 //! when the process ends.
 //!
@@ -44,7 +44,7 @@ use self::core::{AddChild, Shutdown, Subscribe, SupervisorActor, Wait};
 use crate::actor::ProcessActor;
 use actix::Actor;
 use ensemble_runtime::{ExitInfo, SpawnError};
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -100,6 +100,45 @@ pub enum SupervisorEvent {
         /// The intensity's window.
         within: Duration,
     },
+}
+
+/// One line per event, e.g. `worker restarted as pid 4242 (restart 3)`. An exit is told by its
+/// code or signal; the tail of the child's stderr, which a terminal showed already, is left to
+/// [`ExitInfo::stderr_tail`] (and to `ExitInfo`'s own Display).
+impl std::fmt::Display for SupervisorEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SupervisorEvent::Started { child, pid } => write!(f, "{child} started as pid {pid}"),
+            SupervisorEvent::Exited { child, exit } => write!(f, "{child} exited: {}", Ended(exit)),
+            SupervisorEvent::Restarted { child, pid, restarts } => {
+                write!(f, "{child} restarted as pid {pid} (restart {restarts})")
+            }
+            SupervisorEvent::StartFailed { child, error } => {
+                write!(f, "{child} could not be started again: {error}")
+            }
+            SupervisorEvent::Stopped { child, exit } => write!(f, "{child} stopped: {}", Ended(exit)),
+            SupervisorEvent::GaveUp { child, restarts, within } => write!(
+                f,
+                "{child} exited once more than {restarts} restarts within {within:?} allow: the supervisor gave up"
+            ),
+        }
+    }
+}
+
+/// How a process ended, in one line: its code or its signal.
+struct Ended<'a>(&'a ExitInfo);
+
+impl std::fmt::Display for Ended<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ExitInfo { pid, status, .. } = self.0;
+        match (status.code(), self.0.signal()) {
+            (Some(code), _) => write!(f, "process {pid} exited with code {code}"),
+            (None, Some(sig)) => {
+                write!(f, "process {pid} was killed by signal {sig} ({})", ensemble_runtime::signal_name(sig))
+            }
+            _ => write!(f, "process {pid} ended: {status}"),
+        }
+    }
 }
 
 impl SupervisorEvent {
@@ -210,15 +249,28 @@ impl Supervisor {
         SupervisorEvents { rx }
     }
 
-    /// Starts the supervisor actor on the current actix arbiter and its children in order.
+    /// Starts the supervisor actor and its children in order.
+    ///
+    /// The supervisor is an actix actor. On an actix arbiter (`#[ensemble::main]`,
+    /// `#[actix_rt::main]`, an actix-web worker) it runs there. Anywhere else (a plain tokio
+    /// runtime: `#[tokio::main]`, an axum or hyper service) it runs on a thread of its own with
+    /// its own actix system, as [`Background`] does; that thread ends when the supervisor does
+    /// ([`SupervisorHandle::shutdown`], or giving up). Either way the handle and the
+    /// [`Supervised`] handles work from any thread and runtime.
     ///
     /// # Errors
     /// [`SupervisorError::Start`] when a child cannot be started; those started already are
-    /// stopped again.
-    ///
-    /// # Panics
-    /// Outside an actix system.
+    /// stopped again. [`SupervisorError::Gone`] when its thread could not be started.
     pub async fn start(self) -> Result<SupervisorHandle, SupervisorError> {
+        if !on_actix_arbiter() {
+            let (_thread, started) = start_on_own_thread(self)?;
+            return started.await.map_err(|_| SupervisorError::Gone)?;
+        }
+        self.start_here().await
+    }
+
+    /// Starts the supervisor on the current actix arbiter.
+    async fn start_here(self) -> Result<SupervisorHandle, SupervisorError> {
         let addr = SupervisorActor::new(self.config, self.subscribers).start();
         let handle = SupervisorHandle { addr };
         for child in self.children {
@@ -230,6 +282,39 @@ impl Supervisor {
         }
         Ok(handle)
     }
+}
+
+/// Whether this thread runs an actix arbiter (where `Actor::start` may spawn its local task).
+fn on_actix_arbiter() -> bool {
+    actix_rt::Arbiter::try_current().is_some() && tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// What a supervisor started on its own thread answers once its children are up.
+type Started = oneshot::Receiver<Result<SupervisorHandle, SupervisorError>>;
+
+/// Starts `supervisor` on a new thread with an actix system of its own, which runs until the
+/// supervisor ends.
+fn start_on_own_thread(
+    supervisor: Supervisor,
+) -> Result<(std::thread::JoinHandle<()>, Started), SupervisorError> {
+    let (tx, rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("ensemble-supervisor".into())
+        .spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                match supervisor.start_here().await {
+                    Ok(handle) => {
+                        let _ = tx.send(Ok(handle.clone()));
+                        let _ = handle.wait().await;
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Err(error));
+                    }
+                }
+            })
+        })
+        .map_err(|_| SupervisorError::Gone)?;
+    Ok((thread, rx))
 }
 
 fn erase<A: ProcessActor>(spec: ChildSpec<A>) -> (Supervised<A>, Arc<dyn Child>) {
@@ -361,24 +446,8 @@ impl Background {
     /// # Errors
     /// As [`Supervisor::start`]; [`SupervisorError::Gone`] if the thread could not start.
     pub fn start(supervisor: Supervisor) -> Result<Background, SupervisorError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("ensemble-supervisor".into())
-            .spawn(move || {
-                actix_rt::System::new().block_on(async move {
-                    match supervisor.start().await {
-                        Ok(handle) => {
-                            let _ = tx.send(Ok(handle.clone()));
-                            let _ = handle.wait().await;
-                        }
-                        Err(error) => {
-                            let _ = tx.send(Err(error));
-                        }
-                    }
-                })
-            })
-            .map_err(|_| SupervisorError::Gone)?;
-        let handle = rx.recv().map_err(|_| SupervisorError::Gone)??;
+        let (thread, started) = start_on_own_thread(supervisor)?;
+        let handle = futures::executor::block_on(started).map_err(|_| SupervisorError::Gone)??;
         Ok(Background { handle, thread: Some(thread) })
     }
 
@@ -420,13 +489,16 @@ impl std::fmt::Debug for Background {
 
 static PROCESS_SUPERVISOR: std::sync::Mutex<Option<SupervisorHandle>> = std::sync::Mutex::new(None);
 
-/// This process's own supervisor: started on first use on the current actix arbiter (default
-/// configuration), shared by every later caller. Children started under it are stopped in
-/// order when the process ends cleanly: by `#[ensemble::main]` in the main process, before
-/// `post_run` returns control in a child. Use it to build a tree without passing handles around.
+/// This process's own supervisor: started on first use (default configuration) on the current
+/// actix arbiter, or on a thread of its own outside actix (as [`Supervisor::start`] does), and
+/// shared by every later caller. Children started under it are stopped in order when the
+/// process ends cleanly: by `#[ensemble::main]` in the main process, before `post_run` returns
+/// control in a child. A `main` without `#[ensemble::main]` should call
+/// [`shutdown_process_supervisor`] before it returns; otherwise its children are killed with
+/// it, without `post_run`. Use it to build a tree without passing handles around.
 ///
 /// # Errors
-/// [`SupervisorError::Gone`] outside an actix system.
+/// [`SupervisorError::Gone`] when its thread could not be started.
 ///
 /// # Examples
 /// ```
@@ -444,12 +516,13 @@ pub fn process_supervisor() -> Result<SupervisorHandle, SupervisorError> {
     if let Some(handle) = slot.as_ref().filter(|h| h.addr.connected()) {
         return Ok(handle.clone());
     }
-    let in_actix = actix_rt::System::try_current().is_some() && actix_rt::Arbiter::try_current().is_some();
-    if !in_actix {
-        return Err(SupervisorError::Gone);
-    }
-    let addr = SupervisorActor::new(SupervisorConfig::default(), Vec::new()).start();
-    let handle = SupervisorHandle { addr };
+    let handle = if on_actix_arbiter() {
+        SupervisorHandle { addr: SupervisorActor::new(SupervisorConfig::default(), Vec::new()).start() }
+    } else {
+        // No child to start: the answer comes as soon as the thread's system runs.
+        let (_thread, started) = start_on_own_thread(Supervisor::new(SupervisorConfig::default()))?;
+        futures::executor::block_on(started).map_err(|_| SupervisorError::Gone)??
+    };
     *slot = Some(handle.clone());
     Ok(handle)
 }
@@ -477,5 +550,49 @@ impl Stream for SupervisorEvents {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SupervisorEvent>> {
         Pin::new(&mut self.rx).poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SupervisorEvent;
+    use ensemble_runtime::ExitInfo;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+    use std::time::Duration;
+
+    fn check(event: SupervisorEvent, expected: &str) {
+        assert_eq!(event.to_string(), expected);
+    }
+
+    fn exit(wait_status: i32) -> ExitInfo {
+        let stderr_tail = String::from("already shown on the terminal\n");
+        ExitInfo { pid: 7, status: ExitStatus::from_raw(wait_status), stderr_tail }
+    }
+
+    #[test]
+    fn events_display_as_one_line_each() {
+        let child = || String::from("flaky");
+        check(SupervisorEvent::Started { child: child(), pid: 7 }, "flaky started as pid 7");
+        check(
+            SupervisorEvent::Exited { child: child(), exit: exit(6) }, // the wait status of SIGABRT
+            "flaky exited: process 7 was killed by signal 6 (SIGABRT)",
+        );
+        check(
+            SupervisorEvent::Restarted { child: child(), pid: 8, restarts: 2 },
+            "flaky restarted as pid 8 (restart 2)",
+        );
+        check(
+            SupervisorEvent::StartFailed { child: child(), error: "no memory".into() },
+            "flaky could not be started again: no memory",
+        );
+        check(
+            SupervisorEvent::Stopped { child: child(), exit: exit(0) },
+            "flaky stopped: process 7 exited with code 0",
+        );
+        check(
+            SupervisorEvent::GaveUp { child: child(), restarts: 3, within: Duration::from_secs(5) },
+            "flaky exited once more than 3 restarts within 5s allow: the supervisor gave up",
+        );
     }
 }

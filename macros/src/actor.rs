@@ -26,7 +26,8 @@ impl Parse for Handled {
 struct Options {
     handled: Vec<Handled>,
     event: Option<syn::Type>,
-    hooks: bool,
+    /// Where `hooks` was written, if it was.
+    hooks: Option<proc_macro2::Span>,
 }
 
 pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
@@ -44,12 +45,14 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let event = options.event.as_ref().map_or_else(|| quote!(::ensemble::NoEvents), |t| quote!(#t));
     let rows = options.handled.iter().map(|h| dispatch_row(ident, h));
     let handles = options.handled.iter().enumerate().map(|(tag, h)| handles_impl(ident, tag, h));
-    let hooks = (!options.hooks).then(|| quote!(impl ::ensemble::Hooks for #ident {}));
+    let hooks = run_hooks(ident, options.hooks);
+    let batches = options.handled.iter().filter(|h| h.batched).map(|h| batches_impl(ident, h));
     let registry = format_ident!("__ENSEMBLE_ACTOR_{}", ident.to_string().to_uppercase());
     Ok(quote! {
         #duplicates
         impl ::ensemble::ProcessActor for #ident {
             type Event = #event;
+            type Context = ::ensemble::ProcessContext<Self>;
             const KEY: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident));
             const HANDLERS: &'static [::ensemble::__private::Dispatch<Self>] = &[#(#rows),*];
         }
@@ -59,6 +62,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         impl ::ensemble::Handles<::ensemble::__private::NotAMessage> for #ident {
             const TAG: u32 = u32::MAX;
         }
+        #(#batches)*
         #hooks
         #[::ensemble::__private::linkme::distributed_slice(::ensemble::__private::ACTORS)]
         #[linkme(crate = ::ensemble::__private::linkme)]
@@ -98,6 +102,43 @@ fn handles_impl(actor: &syn::Ident, tag: usize, handled: &Handled) -> TokenStrea
     }
 }
 
+/// The backend's way to the actor's hooks: its `impl Hooks` if it has one, empty hooks if not
+/// (see `ensemble_actors::actor::HookProbe`). With `hooks` in `#[actor(..)]`, a missing impl is
+/// an error at that word.
+fn run_hooks(actor: &syn::Ident, hooks: Option<proc_macro2::Span>) -> TokenStream {
+    let assert = hooks.map(|span| {
+        let actor = syn::Ident::new(&actor.to_string(), span);
+        quote_spanned!(span=> const _: fn() = ::ensemble::__private::assert_hooks::<#actor>;)
+    });
+    quote! {
+        #assert
+        impl ::ensemble::__private::RunHooks for #actor {
+            fn pre_run(
+                &mut self,
+                ctx: &mut ::ensemble::ProcessContext<Self>,
+            ) -> ::core::result::Result<(), ::ensemble::HookError> {
+                #[allow(unused_imports)]
+                use ::ensemble::__private::{NoHooks as _, UserHooks as _};
+                (&::ensemble::__private::HookProbe::new(self)).pre_run_hook(ctx)
+            }
+
+            fn post_run(&mut self, ctx: &mut ::ensemble::ProcessContext<Self>) {
+                #[allow(unused_imports)]
+                use ::ensemble::__private::{NoHooks as _, UserHooks as _};
+                (&::ensemble::__private::HookProbe::new(self)).post_run_hook(ctx)
+            }
+        }
+    }
+}
+
+/// `batches(M)`: the worker runs `M` sent by a farm, so `Farm::map` accepts it.
+fn batches_impl(actor: &syn::Ident, handled: &Handled) -> TokenStream {
+    let message = &handled.message;
+    quote_spanned! {message.span()=>
+        impl ::ensemble::farm::Batches<#message> for #actor {}
+    }
+}
+
 fn parse_options(input: &DeriveInput) -> syn::Result<Options> {
     let mut options = Options::default();
     let mut seen_handles = false;
@@ -124,7 +165,7 @@ fn parse_options(input: &DeriveInput) -> syn::Result<Options> {
                 options.event = Some(meta.value()?.parse()?);
                 Ok(())
             } else if meta.path.is_ident("hooks") {
-                options.hooks = true;
+                options.hooks = Some(meta.path.span());
                 Ok(())
             } else {
                 Err(meta.error(

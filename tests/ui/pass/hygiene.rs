@@ -26,4 +26,19 @@ impl ::ensemble::AsyncProcessHandler<Later> for Worker {
     async fn handle(&mut self, _: Later, _: &mut ::ensemble::ProcessContext<Self>) {}
 }
 
+// The prelude's derives of serde's and bytemuck's traits.
+#[derive(::ensemble::prelude::Serialize, ::ensemble::prelude::Deserialize)]
+struct Encoded<T> {
+    value: T,
+    #[serde(skip)]
+    cache: ::core::option::Option<u8>,
+}
+
+#[derive(::core::clone::Clone, ::core::marker::Copy, ::ensemble::prelude::Pod, ::ensemble::prelude::Zeroable)]
+#[repr(C)]
+struct Element {
+    x: u32,
+    y: f32,
+}
+
 fn main() {}
