@@ -10,7 +10,7 @@
 
 use crate::actor::ProcessActor;
 use crate::context::{ContextShared, ProcessContext};
-use crate::dispatch::{install_panic_hook, panic_failure, Delivery, Dispatch, Outcome};
+use crate::dispatch::{catching, install_panic_hook, with_backtrace, Delivery, Dispatch, Outcome};
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Handler, WrapFuture};
 use ensemble_runtime::child::ChildBoot;
 use ensemble_runtime::error_chain;
@@ -20,7 +20,6 @@ use ensemble_runtime::Outbox;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -77,10 +76,10 @@ const LAST_WORDS: Duration = Duration::from_secs(5);
 
 async fn start<A: ProcessActor>(mut state: A, shared: Arc<ContextShared>) -> bool {
     let mut ctx = ProcessContext::<A>::new(Arc::clone(&shared));
-    let failure = match std::panic::catch_unwind(AssertUnwindSafe(|| state.pre_run(&mut ctx))) {
+    let failure = match catching(|| state.pre_run(&mut ctx)) {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(Failure::Error { message: format!("pre_run failed: {}", error_chain(&*e)) }),
-        Err(payload) => Some(panic_failure(payload)),
+        Err(failure) => Some(failure),
     };
     if let Some(failure) = failure {
         let _ = shared.outbox.send(&ToParent::StartFailed, &failure, Admission::Control);
@@ -196,9 +195,8 @@ impl<A: ProcessActor> Actor for Backend<A> {
     fn stopped(&mut self, _: &mut Self::Context) {
         match self.state.try_borrow_mut() {
             Ok(mut state) => {
-                let post_run = std::panic::catch_unwind(AssertUnwindSafe(|| state.post_run(&mut self.ctx)));
-                if let Err(payload) = post_run {
-                    tracing::error!("post_run {}", panic_failure(payload));
+                if let Err(failure) = catching(|| state.post_run(&mut self.ctx)) {
+                    tracing::error!("post_run {}", with_backtrace(&failure));
                 }
             }
             Err(_) => tracing::error!("stopped while a handler still holds the state; post_run skipped"),
@@ -323,7 +321,7 @@ impl<A: ProcessActor> Backend<A> {
                 wire::encode_into(frame, &ToParent::Reply { id, ok: false }, &failure).ok()
             }
             (Err(failure), None) => {
-                tracing::error!("a message sent with do_send failed: {failure}");
+                tracing::error!("a message sent with do_send failed: {}", with_backtrace(&failure));
                 None
             }
         };

@@ -12,7 +12,7 @@ use ensemble_runtime::wire::{self, Encoded, Failure, ToParent};
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -67,8 +67,7 @@ where
     M: RemoteMessage,
 {
     let msg = decode::<A, M>(body, fds, ctx, delivery)?;
-    let reply =
-        std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(msg, ctx))).map_err(panic_failure)?;
+    let reply = catching(|| state.handle(msg, ctx))?;
     encode_reply::<A, M>(ctx, delivery.id, &reply)
 }
 
@@ -89,13 +88,8 @@ where
     M: RemoteMessage,
 {
     let batch = decode::<A, crate::farm::Batch<M>>(body, fds, ctx, delivery)?;
-    let results: Vec<Result<M::Result, Failure>> = batch
-        .tasks
-        .into_iter()
-        .map(|task| {
-            std::panic::catch_unwind(AssertUnwindSafe(|| state.handle(task, ctx))).map_err(panic_failure)
-        })
-        .collect();
+    let results: Vec<Result<M::Result, Failure>> =
+        batch.tasks.into_iter().map(|task| catching(|| state.handle(task, ctx))).collect();
     encode_reply::<A, crate::farm::Batch<M>>(ctx, delivery.id, &results)
 }
 
@@ -122,7 +116,7 @@ where
             let mut state = state.borrow_mut();
             state.handle(msg, &mut ctx).await
         });
-        let reply = handled.catch_unwind().await.map_err(panic_failure)?;
+        let reply = Catching(std::pin::pin!(handled.catch_unwind())).await.map_err(panic_failure)?;
         encode_reply::<A, M>(&ctx, delivery.id, &reply)
     }
     .boxed_local()
@@ -157,21 +151,77 @@ fn encode_reply<A: ProcessActor, M: RemoteMessage>(
 
 thread_local! {
     static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+    /// How many [`catching`] scopes (or polls of a [`Catching`] future) this thread is in: a
+    /// panic there becomes a [`Failure`] that someone reports, so the hook does not log it.
+    static CATCHING: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Installs the panic hook that records each panic's message, location and backtrace, so that
 /// the failure sent to the caller carries them. Called once in every child.
+///
+/// One report per panic: a panic caught by [`catching`] travels to the caller (a cast's and
+/// `post_run`'s are logged by the backend, with this backtrace); only a panic outside every such
+/// scope (a spawned task, a thread of the user's) is logged here, since nobody else reports it.
 pub(crate) fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let message = payload_message(info.payload());
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
         let backtrace = std::backtrace::Backtrace::force_capture();
-        tracing::error!("panicked at {location}: {message}");
         let backtrace = without_panic_machinery(&backtrace.to_string());
+        if CATCHING.with(Cell::get) == 0 {
+            tracing::error!("panicked at {location}: {message}\n{backtrace}");
+        }
         LAST_PANIC.with(|last| {
             *last.borrow_mut() = Some((message, format!("panicked at {location}\n{backtrace}")));
         });
     }));
+}
+
+/// Runs `f` with panics caught and turned into the [`Failure`] its caller is sent.
+pub(crate) fn catching<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
+    let _scope = CatchScope::enter();
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(panic_failure)
+}
+
+/// A future polled inside a catching scope, for async handlers (whose panics `catch_unwind`
+/// turns into failures).
+struct Catching<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for Catching<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let _scope = CatchScope::enter();
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// Marks this thread as inside a catching scope until dropped (also when unwinding).
+struct CatchScope;
+
+impl CatchScope {
+    fn enter() -> CatchScope {
+        CATCHING.with(|c| c.set(c.get() + 1));
+        CatchScope
+    }
+}
+
+impl Drop for CatchScope {
+    fn drop(&mut self) {
+        CATCHING.with(|c| c.set(c.get() - 1));
+    }
+}
+
+/// A failure as the child logs it when nobody else reports it: a panic's message, then where it
+/// panicked and the backtrace.
+pub(crate) fn with_backtrace(failure: &Failure) -> String {
+    match failure {
+        Failure::Panicked { message, backtrace } => format!("panicked: {message}\n{backtrace}"),
+        other => other.to_string(),
+    }
 }
 
 /// Drops the leading frames of a backtrace that belong to the panic machinery (the hook, std's
@@ -204,7 +254,21 @@ fn without_panic_machinery(backtrace: &str) -> String {
             break;
         }
     }
-    lines[cut..].join("\n")
+    // Then the standard library's frames that raised the panic (a slice index, `unwrap`), so
+    // that the trace starts at the user's frame; kept when nothing else follows.
+    let mut start = cut;
+    while start < lines.len() && is_frame_start(lines[start]) {
+        let mut end = start + 1;
+        while lines.get(end).is_some_and(|l| !is_frame_start(l)) {
+            end += 1;
+        }
+        let in_std = lines[start + 1..end].iter().any(|l| l.trim_start().starts_with("at /rustc/"));
+        if !in_std || end >= lines.len() {
+            break;
+        }
+        start = end;
+    }
+    lines[start..].join("\n")
 }
 
 /// Turns a caught panic into the failure reported to the caller.
@@ -235,6 +299,15 @@ mod tests {
         assert_eq!(
             without_panic_machinery(raw),
             "   3: my_crate::parse\n             at ./src/lib.rs:7:5\n   4: main"
+        );
+    }
+
+    #[test]
+    fn the_standard_library_frames_that_raised_the_panic_are_dropped_too() {
+        let raw = "   0: std::panicking::begin_panic_handler\n   1: core::panicking::panic_fmt\n             at /rustc/h/library/core/src/panicking.rs:80:14\n   2: core::slice::index::slice_index_fail\n             at /rustc/h/library/core/src/panic.rs:177:9\n   3: my_crate::sum\n             at ./src/lib.rs:9:20\n   4: main";
+        assert_eq!(
+            without_panic_machinery(raw),
+            "   3: my_crate::sum\n             at ./src/lib.rs:9:20\n   4: main"
         );
     }
 
