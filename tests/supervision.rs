@@ -151,6 +151,32 @@ async fn sigkill_of_a_permanent_child_fails_calls_in_flight_and_restarts_it() {
     within(10, root.shutdown()).await.unwrap();
 }
 
+/// Whether process `pid` has exited (a zombie or gone): its connection is closed.
+fn is_dead(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+}
+
+#[actix_rt::test]
+async fn a_call_to_an_incarnation_that_already_died_waits_for_the_next_one() {
+    let intensity = Intensity { max_restarts: 10, within: Duration::from_secs(60) };
+    let mut supervisor = Supervisor::new(SupervisorConfig { intensity, ..SupervisorConfig::default() });
+    let worker = supervisor.add(spec("w"));
+    let root = within(10, supervisor.start()).await.unwrap();
+    for _ in 0..5 {
+        let remote = within(10, worker.up()).await.unwrap();
+        assert!(remote.kill());
+        while !is_dead(remote.pid()) {
+            std::thread::yield_now();
+        }
+        // Sent to a process whose connection is closed, before anyone saw it die: never
+        // delivered, so it goes to the next incarnation instead of failing.
+        let answered_by = within(10, worker.send(Ping)).await.unwrap();
+        assert_ne!(answered_by, remote.pid());
+    }
+    within(10, root.shutdown()).await.unwrap();
+}
+
 #[actix_rt::test]
 async fn a_transient_child_is_restarted_after_a_crash_but_not_after_a_clean_exit() {
     let mut supervisor = Supervisor::new(config(Strategy::OneForOne));

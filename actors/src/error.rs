@@ -53,6 +53,11 @@ pub enum CallError {
     /// `send` waits for room instead.
     #[error("the actor's send queue is full")]
     Full,
+    /// The actor's process had already closed its connection (it was exiting) when the message
+    /// was sent: the message was certainly not delivered. A [`Supervised`](crate::supervisor::Supervised)
+    /// handle and a farm send it again to the next incarnation instead of failing.
+    #[error("the actor's process was exiting; the message was not delivered")]
+    NotDelivered,
     /// The message is larger than the actor's `max_message_size`; nothing was sent.
     #[error("the message is over the size limit: {len} bytes or more, the limit is {limit} (SpawnOptions::max_message_size)")]
     TooLarge {
@@ -76,6 +81,7 @@ impl From<CallFailure> for CallError {
             CallFailure::Encode(detail) => CallError::Encode(detail),
             CallFailure::Protocol(error) => CallError::Protocol(error),
             CallFailure::Full => CallError::Full,
+            CallFailure::NotDelivered => CallError::NotDelivered,
             CallFailure::TooLarge { len, limit } => CallError::TooLarge { len, limit },
         }
     }

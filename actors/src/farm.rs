@@ -278,16 +278,27 @@ impl<A: ProcessActor> Farm<A> {
         M: RemoteMessage,
         A: Batches<M>,
     {
-        let remote = match self.workers[w].up().await {
-            Ok(remote) => remote,
-            Err(error) => return (Err(error), false),
-        };
         let lane = &self.lanes[w];
         let tasks = batch.tasks.len();
-        // The ticket and the frame go out together, so that tickets are in queue order.
-        let (ticket, call) = {
-            let _order = lane.order.lock().unwrap_or_else(|e| e.into_inner());
-            (lane.send(), remote.send(batch))
+        let mut batch = batch;
+        let (remote, ticket, call) = loop {
+            let remote = match self.workers[w].up().await {
+                Ok(remote) => remote,
+                Err(error) => return (Err(error), false),
+            };
+            // The ticket and the frame go out together, so that tickets are in queue order.
+            let sent = {
+                let _order = lane.order.lock().unwrap_or_else(|e| e.into_inner());
+                remote.send_or_return(batch).map(|call| (lane.send(), call))
+            };
+            match sent {
+                Ok((ticket, call)) => break (remote, ticket, call),
+                // The worker was exiting: the batch never reached it; the next incarnation gets it.
+                Err(back) => {
+                    batch = back;
+                    remote.exited().await;
+                }
+            }
         };
         let result = match call.await {
             Ok(results) if results.len() != tasks => {

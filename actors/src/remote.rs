@@ -214,15 +214,30 @@ impl<A: ProcessActor> Remote<A> {
         A: Handles<M>,
         M: RemoteMessage,
     {
+        // Not delivered: the process is exiting; the call fails with how it ended.
+        self.send_or_return(msg).unwrap_or_else(|_| Call {
+            state: CallState::Undelivered(Box::pin(self.connection.exited()), Arc::clone(&self.connection)),
+            deadline: Deadline::default(),
+        })
+    }
+
+    /// As [`Remote::send`], but gives the message back when it was certainly not delivered
+    /// (the process is exiting), so that it can go to the next incarnation.
+    pub(crate) fn send_or_return<M>(&self, msg: M) -> Result<Call<M>, M>
+    where
+        A: Handles<M>,
+        M: RemoteMessage,
+    {
         let tag = <A as Handles<M>>::TAG;
         let state = match self.connection.call(tag, &msg) {
             Ok(pending) => CallState::Pending(pending),
             Err(CallFailure::Full) => {
                 CallState::Waiting { msg: Some(msg), tag, connection: Arc::clone(&self.connection) }
             }
+            Err(CallFailure::NotDelivered) => return Err(msg),
             Err(failure) => CallState::Failed(Some(failure.into())),
         };
-        Call { state, deadline: Deadline::default() }
+        Ok(Call { state, deadline: Deadline::default() })
     }
 
     /// Sends `msg` without waiting for the handler (fire-and-forget). A failure of the handler
@@ -386,6 +401,8 @@ enum CallState<M> {
         tag: u32,
         connection: Arc<Connection>,
     },
+    /// The process was exiting: the call fails with how it ended, once that is known.
+    Undelivered(Pin<Box<ensemble_runtime::Exited>>, Arc<Connection>),
     Failed(Option<CallError>),
 }
 
@@ -424,6 +441,10 @@ impl<M: RemoteMessage> Future for Call<M> {
                 Poll::Pending => None,
             },
             CallState::Waiting { .. } => None,
+            CallState::Undelivered(exited, connection) => match exited.as_mut().poll(cx) {
+                Poll::Ready(exit) => Some(Err(connection.failure().map_or(CallError::Exited(exit), CallError::from))),
+                Poll::Pending => None,
+            },
             CallState::Failed(error) => Some(Err(error.take().unwrap_or(CallError::Stopping))),
         };
         if let Some(result) = ready {

@@ -66,6 +66,10 @@ pub enum CallFailure {
     },
     /// The send queue is full; nothing was sent.
     Full,
+    /// The child's end of the connection was already closed when the message was sent (it is
+    /// exiting or has exited): the message was certainly not delivered, and may be sent again
+    /// to another process.
+    NotDelivered,
 }
 
 /// Where a connection's driver runs.
@@ -199,6 +203,7 @@ impl Connection {
     /// At once, with nothing sent: [`CallFailure::Exited`], [`CallFailure::Protocol`] or
     /// [`CallFailure::Stopping`] when the child is gone, broken or stopping;
     /// [`CallFailure::Full`] when the send queue is full (see [`Connection::poll_room`]);
+    /// [`CallFailure::NotDelivered`] when the child's end is already closed;
     /// [`CallFailure::Encode`] or [`CallFailure::TooLarge`] when `body` does not encode.
     pub fn call<B: Serialize + ?Sized>(&self, tag: u32, body: &B) -> Result<PendingCall, CallFailure> {
         if !self.core.outbox.link().has_room() {
@@ -216,8 +221,9 @@ impl Connection {
         };
         let pending = PendingCall { id, rx, core: Arc::clone(&self.core) };
         match self.core.outbox.send(&ToChild::Call { id, tag }, body, Admission::Bounded) {
-            // A closed connection means the child is gone: the driver fails the call with its exit.
-            Ok(()) | Err(SendError::Closed) => Ok(pending),
+            Ok(()) => Ok(pending),
+            // The child's end is closed: it is exiting and will never read this.
+            Err(SendError::Closed) => Err(CallFailure::NotDelivered),
             Err(e) => Err(send_failure(e)),
         }
     }
@@ -230,7 +236,7 @@ impl Connection {
         self.core.lock().usable()?;
         match self.core.outbox.send(&ToChild::Cast { tag }, body, Admission::Bounded) {
             Ok(()) => Ok(()),
-            Err(SendError::Closed) => Err(self.core.lock().usable().err().unwrap_or(CallFailure::Stopping)),
+            Err(SendError::Closed) => Err(CallFailure::NotDelivered),
             Err(e) => Err(send_failure(e)),
         }
     }
@@ -269,6 +275,11 @@ impl Connection {
             None => state.exit_waiters.push(tx),
         }
         Exited { rx, process: Arc::clone(&self.core.process) }
+    }
+
+    /// Why calls fail now, if they do: the child broke the protocol, exited, or is stopping.
+    pub fn failure(&self) -> Option<CallFailure> {
+        self.core.lock().usable().err()
     }
 
     /// How the child ended, if it has.

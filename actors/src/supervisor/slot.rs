@@ -44,7 +44,10 @@ impl<A: ProcessActor> Supervised<A> {
         (Supervised { name: name.into(), state: rx, while_down }, tx)
     }
 
-    /// Sends `msg` to the current incarnation and resolves to its reply.
+    /// Sends `msg` to the current incarnation and resolves to its reply. A message that could
+    /// not be delivered because the incarnation was already exiting goes to the next one (as
+    /// [`WhileDown`] says); a message delivered to an incarnation that then dies fails with
+    /// [`CallError::Exited`]: it may have been handled, so it is never sent twice.
     ///
     /// # Errors
     /// As [`Remote::send`], plus [`CallError::Down`] while the child is down (with
@@ -55,8 +58,29 @@ impl<A: ProcessActor> Supervised<A> {
         A: Handles<M>,
         M: RemoteMessage,
     {
-        let current = self.current();
-        let future = async move { current.await?.send(msg).await }.boxed();
+        // Sent at once when the child is up, like `Remote::send`; else when polled.
+        let mut msg = msg;
+        if let Some(remote) = self.remote() {
+            match remote.send_or_return(msg) {
+                Ok(call) => return SupervisedCall { future: call.boxed(), deadline: Deadline::default() },
+                Err(back) => msg = back,
+            }
+        }
+        let this = self.clone();
+        let future = async move {
+            loop {
+                let remote = this.current().await?;
+                match remote.send_or_return(msg) {
+                    Ok(call) => return call.await,
+                    // The incarnation was exiting: once it is known dead, the next one gets it.
+                    Err(back) => {
+                        msg = back;
+                        remote.exited().await;
+                    }
+                }
+            }
+        }
+        .boxed();
         SupervisedCall { future, deadline: Deadline::default() }
     }
 
