@@ -442,7 +442,9 @@ impl<M: RemoteMessage> Future for Call<M> {
             },
             CallState::Waiting { .. } => None,
             CallState::Undelivered(exited, connection) => match exited.as_mut().poll(cx) {
-                Poll::Ready(exit) => Some(Err(connection.failure().map_or(CallError::Exited(exit), CallError::from))),
+                Poll::Ready(exit) => {
+                    Some(Err(connection.failure().map_or(CallError::Exited(exit), CallError::from)))
+                }
                 Poll::Pending => None,
             },
             CallState::Failed(error) => Some(Err(error.take().unwrap_or(CallError::Stopping))),
