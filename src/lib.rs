@@ -52,10 +52,18 @@
 //! - **Panics.** A handler that panics fails its call with [`CallError::Panicked`] (message and
 //!   the child's backtrace); the actor keeps running with its state as the panic left it.
 //!   A panic in a `do_send` handler is logged by the child.
-//! - **Nothing is retried.** A call is sent once; if the child dies, the call fails.
+//! - **Nothing handled twice.** A call is sent once; if the child dies after it was delivered,
+//!   the call fails. A message that certainly never reached the child (its connection was
+//!   already closed when it was sent) fails with [`CallError::Exited`] on a `Remote` and goes
+//!   to the next incarnation on a `Supervised` handle or a farm.
+//! - **A child cannot take its parent down.** Whatever a child writes on its connection, the
+//!   parent does not panic, abort, allocate a size the child chose, or hang: a child that breaks
+//!   the protocol is killed, and its calls fail with [`CallError::Protocol`]. Messages are
+//!   limited to `SpawnOptions::max_message_size`; sending never blocks a thread
+//!   ([`CallError::Full`] from `do_send` on a full queue; `send` waits for room).
 //! - **No orphans, no zombies.** Every child is reaped by its parent. A child dies with its
 //!   parent (`PR_SET_PDEATHSIG`, checked against a parent that died first) and exits when its
-//!   parent's channel closes. Dropping the last `Remote` asks the child to stop (post_run runs)
+//!   parent's connection closes. Dropping the last `Remote` asks the child to stop (post_run runs)
 //!   and kills it after its shutdown timeout, if this process lives that long: `#[ensemble::main]`
 //!   waits for such children at the end of `main`; a `main` without it that returns at once
 //!   takes them down with it, without post_run ([`Hooks`] says when post_run runs).
