@@ -1,6 +1,11 @@
 //! Process actors answer typed calls: replies, fire-and-forget, events, async handlers,
 //! concurrency, and use from plain tokio and from actix actors.
 
+#[path = "common/harness.rs"]
+mod harness;
+
+use harness::within;
+
 use ensemble::prelude::*;
 use futures::StreamExt;
 use std::time::Duration;
@@ -72,10 +77,6 @@ impl ProcessHandler<Emit> for Counter {
 }
 
 /// Fails the test instead of hanging when `future` does not finish in time.
-async fn within<F: std::future::Future>(secs: u64, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), future).await.expect("timed out: a call hung")
-}
-
 #[tokio::test]
 async fn a_call_returns_the_typed_reply_computed_in_the_child() {
     let counter = within(10, ensemble::spawn(Counter { total: 40 })).await.unwrap();

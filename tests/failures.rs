@@ -1,5 +1,10 @@
 //! Every error a caller can get is provoked for real, and none of them hangs.
 
+#[path = "common/harness.rs"]
+mod harness;
+
+use harness::within;
+
 use ensemble::prelude::*;
 use ensemble::{ExitInfo, StopError};
 use std::time::Duration;
@@ -96,10 +101,6 @@ impl ProcessHandler<Odd> for Fragile {
     fn handle(&mut self, _: Odd, _: &mut ProcessContext<Self>) -> Even {
         Even(3)
     }
-}
-
-async fn within<F: std::future::Future>(secs: u64, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), future).await.expect("timed out: a call hung")
 }
 
 async fn fragile() -> Remote<Fragile> {

@@ -1,6 +1,11 @@
 //! Worker farms map tasks over real worker processes: ordered results, bounded memory, panics
 //! and crashes reported per task, lost tasks retried once each, cancellation.
 
+#[path = "common/harness.rs"]
+mod harness;
+
+use harness::within;
+
 use ensemble::farm::{BatchSize, Farm, FarmConfig, TaskError};
 use ensemble::prelude::*;
 use std::cell::Cell;
@@ -51,10 +56,6 @@ fn config(workers: usize) -> FarmConfig {
 
 async fn farm(config: FarmConfig) -> Farm<Worker> {
     within(20, Farm::start(config, |_| Worker)).await.unwrap()
-}
-
-async fn within<F: std::future::Future>(secs: u64, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), future).await.expect("timed out")
 }
 
 #[actix_rt::test]

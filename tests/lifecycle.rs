@@ -1,6 +1,11 @@
 //! Starting and stopping: hooks, spawn failures with bounded waits, build identity, and no
 //! process left behind whatever happens to the parent.
 
+#[path = "common/harness.rs"]
+mod harness;
+
+use harness::within;
+
 use ensemble::prelude::*;
 use ensemble::HookError;
 use std::io::BufRead;
@@ -83,10 +88,6 @@ impl Hooked {
     fn fine(marker: Option<PathBuf>) -> Self {
         Hooked { marker, start: Start::Fine }
     }
-}
-
-async fn within<F: std::future::Future>(secs: u64, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), future).await.expect("timed out")
 }
 
 /// A unique file path that is removed when dropped, also when the test fails.

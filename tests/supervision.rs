@@ -1,6 +1,11 @@
 //! Supervisors restart the right children in the right order, give up as specified, and shut
 //! down in reverse order, with real processes killed for real.
 
+#[path = "common/harness.rs"]
+mod harness;
+
+use harness::within;
+
 use ensemble::prelude::*;
 use ensemble::supervisor::{Backoff, Intensity, SupervisorError, SupervisorEvent, SupervisorEvents};
 use futures::StreamExt;
@@ -86,10 +91,6 @@ impl Drop for Log {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-async fn within<F: std::future::Future>(secs: u64, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), future).await.expect("timed out")
 }
 
 /// Collects events until `done` says so, failing after a deadline.

@@ -2,12 +2,16 @@
 //! runtime (no actix system): concurrent requests, some of which crash their worker, each get
 //! the right answer, and the service recovers.
 
+#[path = "common/harness.rs"]
+mod harness;
+
+use harness::within;
+
 #[path = "../examples/tokio_service.rs"]
 #[allow(dead_code)]
 mod tokio_service;
 
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_service::{burst, fibonacci};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,8 +42,4 @@ async fn concurrent_requests_including_crashing_ones_each_get_their_answer() {
     let _ = server.await;
     let farm = Arc::try_unwrap(farm).ok().expect("no request holds the farm");
     within(20, farm.shutdown()).await.unwrap();
-}
-
-async fn within<F: std::future::Future>(secs: u64, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), future).await.expect("timed out")
 }
