@@ -216,6 +216,7 @@ pub mod __private {
 
     /// The body of a sync `#[ensemble::main]`.
     pub fn finish_main<R>(main: impl FnOnce() -> R) -> R {
+        ensemble_runtime::will_wait_for_children();
         let output = main();
         let left = ensemble_runtime::wait_for_children(FINISH_TIMEOUT);
         if left > 0 {

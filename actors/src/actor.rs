@@ -79,8 +79,10 @@ pub type HookError = Box<dyn Error + Send + Sync>;
 /// a child dies with its parent (`SIGKILL`). Dropping the last handle asks the child to stop and
 /// returns at once; `#[ensemble::main]` waits at the end of `main` (up to 30 s) for the children
 /// still stopping, but a `main` without it (`#[tokio::main]`, `#[actix_rt::main]`) that returns
-/// right after dropping its last handle may kill the child before its `post_run` is done. Await
-/// [`Remote::stop`](crate::Remote::stop) (or a supervisor's shutdown) where `post_run` matters.
+/// right after dropping its last handle may kill the child before its `post_run` is done (the
+/// first such drop logs a warning that says so). Await [`Remote::stop`](crate::Remote::stop) (or
+/// a supervisor's shutdown), or call `ensemble::runtime::wait_for_children` before exiting, where
+/// `post_run` matters.
 ///
 /// # Examples
 /// ```

@@ -314,6 +314,7 @@ impl Drop for Connection {
         if !self.request_stop() {
             return;
         }
+        crate::process::warn_unless_waited_for(self.core.process.name());
         let process = Arc::clone(&self.core.process);
         let timeout = self.shutdown_timeout;
         io_thread::handle().spawn(async move {

@@ -30,7 +30,9 @@ pub mod wire;
 pub use build::{BuildId, PROTOCOL_VERSION};
 pub use connection::{Body, CallFailure, Connection, Exited, PendingCall, ReadOn};
 pub use outbox::{Outbox, SendError};
-pub use process::{live_children, signal_name, wait_for_children, ChildProcess, ExitInfo};
+pub use process::{
+    live_children, signal_name, wait_for_children, will_wait_for_children, ChildProcess, ExitInfo,
+};
 pub use spawn::{spawn, SpawnConfig, SpawnError, Spawned, DEFAULT_SEND_QUEUE, MIN_LINUX};
 pub use sys::{ignore_signal, pin_to_cpu, set_thread_name};
 pub use wire::Failure;

@@ -81,6 +81,28 @@ pub fn signal_name(sig: i32) -> &'static str {
 }
 
 static LIVE: Mutex<usize> = Mutex::new(0);
+static WAITED_FOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Declares that this process will call [`wait_for_children`] before it exits
+/// (`#[ensemble::main]` does), so that children whose last handle was dropped finish `post_run`.
+pub fn will_wait_for_children() {
+    WAITED_FOR.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Warns, once per process, that a child asked to stop may be killed without `post_run` when
+/// nothing waits for it before this process exits.
+pub(crate) fn warn_unless_waited_for(name: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if !WAITED_FOR.load(std::sync::atomic::Ordering::Relaxed) {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "the last handle of {name} was dropped and nothing waits for children before this process \
+                 exits: if it exits first, the child is killed without post_run. Use #[ensemble::main], \
+                 stop() the actor, or call ensemble::runtime::wait_for_children before exiting"
+            );
+        });
+    }
+}
 static LIVE_CHANGED: Condvar = Condvar::new();
 
 /// How many children of this process are being started or have been started and not reaped
