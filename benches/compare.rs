@@ -39,6 +39,8 @@
 //!
 //! Writes the table to stdout and the rows to `target/ensemble-compare.json`.
 
+#![allow(clippy::disallowed_methods)] // tests and examples start helper programs of their own
+
 use ensemble::farm::{Farm, FarmConfig};
 use ensemble::prelude::*;
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
@@ -297,13 +299,13 @@ fn recv_packet(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 /// Registers `socket` (non-blocking) with the current tokio runtime's reactor.
 fn register(socket: OwnedFd) -> AsyncFd<OwnedFd> {
     set_nonblocking(socket.as_fd());
-    // SAFETY: the `AsyncFd` owns the `OwnedFd`, so the descriptor stays open and names the same
-    // socket until the registration is dropped, and `as_raw_fd` always returns that number.
     let interest = if std::env::var_os("COMPARE_READ_ONLY").is_some() {
         tokio::io::Interest::READABLE
     } else {
         tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE
     };
+    // SAFETY: the `AsyncFd` owns the `OwnedFd`, so the descriptor stays open and names the same
+    // socket until the registration is dropped, and `as_raw_fd` always returns that number.
     unsafe { AsyncFd::register_with_interest(socket, interest) }
         .map_err(io::Error::from)
         .expect("register with the reactor")

@@ -16,6 +16,8 @@
 //! `curl -i localhost:8081/crash`; or `-- --quick` to start on a free port, send a burst of
 //! requests at itself (some crashing), check every answer, and exit.
 
+#![allow(clippy::disallowed_methods)] // tests and examples start helper programs of their own
+
 use ensemble::farm::{Farm, FarmConfig, TaskError};
 use ensemble::prelude::*;
 use std::io::{Read, Write};
@@ -23,11 +25,11 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-#[derive(Serialize, Deserialize, ProcessActor)]
+#[derive(Debug, Serialize, Deserialize, ProcessActor)]
 #[actor(batches(Job))]
 pub struct Cruncher;
 
-#[derive(Clone, Serialize, Deserialize, RemoteMessage)]
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
 #[rtype(result = "u64")]
 pub enum Job {
     Fibonacci(u32),

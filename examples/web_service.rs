@@ -10,17 +10,19 @@
 //! `curl -i localhost:8080/crash`; or `-- --quick` to start on a free port, send a burst of
 //! requests at itself (some crashing), check every answer, and exit.
 
+#![allow(clippy::disallowed_methods)] // tests and examples start helper programs of their own
+
 use actix_web::{get, web, App, HttpResponse, HttpServer};
 use ensemble::farm::{Farm, FarmConfig, TaskError};
 use ensemble::prelude::*;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
-#[derive(Serialize, Deserialize, ProcessActor)]
+#[derive(Debug, Serialize, Deserialize, ProcessActor)]
 #[actor(batches(Job))]
 pub struct Cruncher;
 
-#[derive(Clone, Serialize, Deserialize, RemoteMessage)]
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
 #[rtype(result = "u64")]
 pub enum Job {
     Fibonacci(u32),

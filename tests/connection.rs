@@ -5,6 +5,8 @@
 //! through a memfd, descriptors that grandchildren must not inherit, and calls from any thread
 //! or runtime.
 
+#![allow(clippy::disallowed_methods)] // tests and examples start helper programs of their own
+
 #[path = "common/harness.rs"]
 mod harness;
 
@@ -141,11 +143,14 @@ fn seqpacket_fds() -> Vec<OwnedFd> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
         let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        // SAFETY (test): the number was just listed as open in this process; ownership is
-        // taken on purpose, to close it or to write garbage on it as a buggy C library would.
+        // SAFETY: the number was just listed as open in this process, and nothing closes it
+        // while this borrow lives (the handler runs on the only thread that could).
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         if rustix::net::sockopt::socket_type(borrowed).is_ok_and(|t| t == rustix::net::SocketType::SEQPACKET)
         {
+            // SAFETY: ownership of the child's own connection is taken on purpose, to close it or
+            // to write garbage on it as a buggy C library would; the test's callers forget or
+            // drop it knowingly.
             found.push(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }

@@ -1,6 +1,8 @@
 //! Worker farms map tasks over real worker processes: ordered results, bounded memory, panics
 //! and crashes reported per task, lost tasks retried once each, cancellation.
 
+#![allow(clippy::disallowed_methods)] // tests and examples start helper programs of their own
+
 #[path = "common/harness.rs"]
 mod harness;
 

@@ -1,6 +1,8 @@
 //! Starting and stopping: hooks, spawn failures with bounded waits, build identity, and no
 //! process left behind whatever happens to the parent.
 
+#![allow(clippy::disallowed_methods)] // tests and examples start helper programs of their own
+
 #[path = "common/harness.rs"]
 mod harness;
 

@@ -4,6 +4,8 @@
 //! and `/proc/PID/maps`, by the segment's inode, so tests running in parallel do not disturb
 //! each other's counts. Nothing is ever created in `/dev/shm`.
 
+#![allow(clippy::disallowed_methods)] // tests and examples start helper programs of their own
+
 #[path = "common/harness.rs"]
 mod harness;
 

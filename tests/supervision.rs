@@ -1,6 +1,8 @@
 //! Supervisors restart the right children in the right order, give up as specified, and shut
 //! down in reverse order, with real processes killed for real.
 
+#![allow(clippy::disallowed_methods)] // tests and examples start helper programs of their own
+
 #[path = "common/harness.rs"]
 mod harness;
 

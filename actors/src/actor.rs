@@ -157,6 +157,12 @@ pub trait RunHooks: Sized {
 #[doc(hidden)]
 pub struct HookProbe<'a, A>(RefCell<&'a mut A>);
 
+impl<A> std::fmt::Debug for HookProbe<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookProbe")
+    }
+}
+
 impl<'a, A> HookProbe<'a, A> {
     /// A probe of `actor`.
     pub fn new(actor: &'a mut A) -> Self {

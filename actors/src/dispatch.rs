@@ -51,6 +51,15 @@ pub enum Dispatch<A: ProcessActor> {
     Async(AsyncEntry<A>),
 }
 
+impl<A: ProcessActor> std::fmt::Debug for Dispatch<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dispatch::Sync(_) => f.write_str("Dispatch::Sync"),
+            Dispatch::Async(_) => f.write_str("Dispatch::Async"),
+        }
+    }
+}
+
 /// The entry for a [`ProcessHandler<M>`].
 ///
 /// # Errors

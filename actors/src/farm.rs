@@ -190,6 +190,15 @@ pub struct Farm<A: ProcessActor> {
     lanes: Vec<Lane>,
 }
 
+impl<A: ProcessActor> std::fmt::Debug for Farm<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Farm")
+            .field("workers", &self.workers.len())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What every run knows about one worker.
 #[derive(Default)]
 struct Lane {

@@ -372,6 +372,12 @@ pub struct Call<M: RemoteMessage> {
     deadline: Deadline,
 }
 
+impl<M: RemoteMessage> std::fmt::Debug for Call<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call").field("message", &std::any::type_name::<M>()).finish_non_exhaustive()
+    }
+}
+
 /// An optional per-call deadline, started at the first poll.
 #[derive(Default)]
 pub(crate) struct Deadline {

@@ -229,6 +229,15 @@ pub struct Supervisor {
     subscribers: Vec<mpsc::UnboundedSender<SupervisorEvent>>,
 }
 
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("config", &self.config)
+            .field("children", &self.children.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Supervisor {
     /// A supervisor with `config` and no children yet.
     pub fn new(config: SupervisorConfig) -> Self {

@@ -173,6 +173,12 @@ pub struct SupervisedCall<M: RemoteMessage> {
     deadline: Deadline,
 }
 
+impl<M: RemoteMessage> std::fmt::Debug for SupervisedCall<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisedCall").finish_non_exhaustive()
+    }
+}
+
 impl<M: RemoteMessage> SupervisedCall<M> {
     /// Fails with [`CallError::Timeout`] if no reply came within `deadline`, waiting for a
     /// restart included.

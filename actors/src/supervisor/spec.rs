@@ -107,6 +107,16 @@ pub struct ChildSpec<A: ProcessActor> {
     pub(crate) options: SpawnOptions,
 }
 
+impl<A: ProcessActor> std::fmt::Debug for ChildSpec<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("name", &self.name)
+            .field("restart", &self.restart)
+            .field("while_down", &self.while_down)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<A: ProcessActor> ChildSpec<A> {
     /// A permanent child named `name` whose every incarnation starts from `factory()`.
     pub fn new(name: impl Into<String>, factory: impl Fn() -> A + Send + Sync + 'static) -> Self {

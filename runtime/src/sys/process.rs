@@ -205,6 +205,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // a plain child, to watch through a pidfd
     fn a_pidfd_of_a_child_becomes_readable_when_it_exits() {
         use std::os::fd::AsFd;
         let mut child = std::process::Command::new("/bin/sleep").arg("0.05").spawn().unwrap();
