@@ -206,10 +206,6 @@ impl Connection {
     /// [`CallFailure::NotDelivered`] when the child's end is already closed;
     /// [`CallFailure::Encode`] or [`CallFailure::TooLarge`] when `body` does not encode.
     pub fn call<B: Serialize + ?Sized>(&self, tag: u32, body: &B) -> Result<PendingCall, CallFailure> {
-        if !self.core.outbox.link().has_room() {
-            self.core.lock().usable()?;
-            return Err(CallFailure::Full);
-        }
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut state = self.core.lock();

@@ -18,6 +18,9 @@ use std::time::Duration;
 /// The most descriptors one datagram may carry (the kernel's `SCM_MAX_FD`).
 pub const MAX_FDS: usize = 253;
 
+/// The most parts one datagram is gathered from.
+const MAX_PARTS: usize = 4;
+
 /// A connected pair of seqpacket sockets, both close-on-exec and non-blocking.
 ///
 /// # Errors
@@ -33,11 +36,19 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// # Errors
 /// `WouldBlock`, `EPIPE`/`ECONNRESET` when the peer is gone, `EMSGSIZE` when it is too large.
 pub fn send_datagram(socket: BorrowedFd<'_>, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-    let iov: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
+    // A frame is a header and a body: no allocation per datagram on the send path.
+    if parts.len() > MAX_PARTS {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "more than 4 parts in one datagram"));
+    }
+    let mut slices = [IoSlice::new(&[]); MAX_PARTS];
+    for (slice, part) in slices.iter_mut().zip(parts) {
+        *slice = IoSlice::new(part);
+    }
+    let iov = &slices[..parts.len()];
     let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
     if fds.is_empty() {
         let mut control = SendAncillaryBuffer::default();
-        return Ok(rustix::net::sendmsg(socket, &iov, &mut control, flags)?);
+        return Ok(rustix::net::sendmsg(socket, iov, &mut control, flags)?);
     }
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "more than 253 descriptors in one frame"));
@@ -47,7 +58,7 @@ pub fn send_datagram(socket: BorrowedFd<'_>, parts: &[&[u8]], fds: &[BorrowedFd<
     if !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("the control buffer is too small"));
     }
-    Ok(rustix::net::sendmsg(socket, &iov, &mut control, flags)?)
+    Ok(rustix::net::sendmsg(socket, iov, &mut control, flags)?)
 }
 
 /// One datagram taken from a socket.
