@@ -5,6 +5,7 @@
 //! are stated once, next to the call.
 
 mod hook;
+pub(crate) mod eventfd;
 pub(crate) mod memfd;
 mod process;
 pub(crate) mod reactor;

@@ -227,7 +227,7 @@ mod tests {
             let (a, b) = socket::seqpacket_pair().unwrap();
             World {
                 id: created.id(),
-                handover: Some(Handover::notify(1, vec![Arc::clone(&created)])),
+                handover: Some(Handover::notify(1, vec![Arc::clone(&created) as crate::shm::Hold])),
                 sender_handle: Some(created),
                 sender_alive: true,
                 to_receiver: Some(a),

@@ -1,7 +1,8 @@
-//! The link between segment handles and frames: while a frame is encoded, every handle in it
-//! leaves a hold with the sender and names its descriptor by its index among the frame's
-//! attached descriptors; while a frame is decoded, every handle in it adopts the descriptor at
-//! its index, and is counted, so that the receiver knows to acknowledge.
+//! The link between handles and frames: while a frame is encoded, every handle in it (a segment,
+//! a ring's end, a lock, a queue) leaves a hold with the sender and names each of its
+//! descriptors by its index among the frame's attached descriptors; while a frame is decoded,
+//! every handle in it adopts the descriptors at its indexes, and is counted, so that the
+//! receiver knows to acknowledge.
 //!
 //! Both are thread-local contexts set by the wire layer around one encode or decode; a handle
 //! serialized or deserialized anywhere else is refused ([`SegmentError::OutsideMessage`]), so
@@ -10,12 +11,32 @@
 
 use crate::shm::segment::{Segment, SegmentError};
 use std::cell::RefCell;
-use std::os::fd::{AsFd, OwnedFd};
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-/// A segment kept alive by its sender until the receiver has acknowledged it. Its descriptor is
-/// attached to the frame that carries its handle.
-pub type Hold = Arc<Segment>;
+/// Something whose descriptor a frame carries: a segment, or a descriptor of a ring, a lock or
+/// a queue.
+pub trait Held: Send + Sync + fmt::Debug {
+    /// The descriptor to attach to the frame.
+    fn fd(&self) -> BorrowedFd<'_>;
+}
+
+impl Held for Segment {
+    fn fd(&self) -> BorrowedFd<'_> {
+        Segment::fd(self)
+    }
+}
+
+impl Held for OwnedFd {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.as_fd()
+    }
+}
+
+/// What a sender keeps alive until the receiver has acknowledged it. Its descriptor is attached
+/// to the frame that carries its handle.
+pub type Hold = Arc<dyn Held>;
 
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<Hold>>> = const { RefCell::new(None) };
@@ -51,18 +72,38 @@ pub(crate) fn receiving<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R,
 /// Called by a handle's `Serialize`: keeps `segment` alive with the sender and returns the index
 /// of its descriptor among the frame's.
 pub(crate) fn hold(segment: &Arc<Segment>) -> Result<u32, SegmentError> {
+    hold_any(Arc::clone(segment) as Hold)
+}
+
+/// As [`hold`], for any descriptor: a ring's, a lock's, a queue's. One held thing appears once
+/// among a frame's descriptors however many handles name it.
+pub(crate) fn hold_any(held: Hold) -> Result<u32, SegmentError> {
     OUTGOING.with(|o| match o.borrow_mut().as_mut() {
         Some(holds) => {
-            let index = match holds.iter().position(|h| Arc::ptr_eq(h, segment)) {
+            let same = |h: &Hold| std::ptr::addr_eq(Arc::as_ptr(h), Arc::as_ptr(&held));
+            let index = match holds.iter().position(same) {
                 Some(index) => index,
                 None => {
-                    holds.push(Arc::clone(segment));
+                    holds.push(held);
                     holds.len() - 1
                 }
             };
             Ok(index as u32)
         }
         None => Err(SegmentError::OutsideMessage),
+    })
+}
+
+/// Called by the `Deserialize` of a handle that is not a segment: a descriptor of its own for
+/// the one at `index` among the frame's, counted as a handle received.
+pub(crate) fn open_fd(index: u32) -> Result<OwnedFd, SegmentError> {
+    INCOMING.with(|i| {
+        let mut incoming = i.borrow_mut();
+        let incoming = incoming.as_mut().ok_or(SegmentError::OutsideMessage)?;
+        let fd = incoming.fds.get(index as usize).ok_or(SegmentError::MissingDescriptor)?;
+        let own = fd.try_clone().map_err(SegmentError::Io)?;
+        incoming.count += 1;
+        Ok(own)
     })
 }
 

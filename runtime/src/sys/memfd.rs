@@ -143,7 +143,6 @@ pub fn map_body(fd: BorrowedFd<'_>, announced: u64) -> Result<Mmap, BodyMapError
 }
 
 /// The name of a descriptor as `/proc/self/fd` shows it.
-#[cfg(test)]
 pub fn fd_link(fd: BorrowedFd<'_>) -> io::Result<String> {
     use std::os::fd::AsRawFd;
     let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
