@@ -111,6 +111,10 @@ pub use ensemble_actors::{Farm, FarmConfig, TaskError};
 pub use ensemble_runtime::shm;
 pub use ensemble_runtime::shm::{SegmentError, SharedSlice, SharedSliceMut};
 
+/// Rings: streams of frames between processes through shared memory, without copying
+/// (re-export of `ensemble_runtime::ring`; its docs list the guarantees).
+pub use ensemble_runtime::ring;
+
 /// The substrate: processes, handshake, wire format (re-export of `ensemble-runtime`).
 pub use ensemble_runtime as runtime;
 

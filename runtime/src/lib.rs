@@ -19,6 +19,7 @@ mod connection;
 pub mod io_thread;
 mod outbox;
 mod process;
+pub mod ring;
 pub mod shm;
 mod spawn;
 mod stderr_tail;

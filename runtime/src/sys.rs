@@ -9,11 +9,12 @@ pub(crate) mod eventfd;
 pub(crate) mod memfd;
 mod process;
 pub(crate) mod reactor;
+pub(crate) mod ring_memory;
 pub(crate) mod shared_slice;
 pub(crate) mod shm;
 pub(crate) mod socket;
 
 pub use process::{
-    die_with_parent, ignore_signal, kernel_version, kill, pidfd_open, pin_to_cpu, raise_nofile_limit,
+    cpus_allowed, die_with_parent, ignore_signal, kernel_version, kill, pidfd_open, pin_to_cpu, raise_nofile_limit,
     set_thread_name, Signal,
 };

@@ -96,7 +96,6 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
 }
 
 /// How many CPUs the calling thread may run on.
-#[cfg(test)]
 pub fn cpus_allowed() -> usize {
     // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity writes at most
     // `size_of::<cpu_set_t>()` bytes into the live local, and CPU_COUNT only reads it.

@@ -1,0 +1,220 @@
+//! A bounded queue of buffer indexes in shared memory, safe for any number of enqueuers and
+//! dequeuers in any processes (Dmitry Vyukov's bounded MPMC queue).
+//!
+//! Each cell has a sequence word and a value word. Cell `i` is free for the enqueuer at position
+//! `p` (with `p % capacity == i`) when its sequence is `p`, and holds a value for the dequeuer at
+//! position `p` when its sequence is `p + 1`; the dequeuer then sets it to `p + capacity`, which
+//! frees it for the enqueuer one lap later. Positions only grow (64 bits: no wrap-around in the
+//! life of a ring), so a position compared-and-swapped is never confused with an older one.
+//!
+//! A ring has two: the committed queue (the producer enqueues a filled buffer; the consumer
+//! dequeues it, and so does the producer when it overwrites the oldest) and the free queue (the
+//! consumer enqueues a buffer it is done with; the producer dequeues it). Neither can be full:
+//! each can hold every buffer at once.
+//!
+//! The peer is another process and may be broken or hostile: a value is checked against the
+//! number of buffers, and a loop that a peer could keep spinning by rewriting sequence words is
+//! bounded; both are reported as [`Corrupt`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The peer wrote something a correct peer never writes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the ring's {0} is corrupt: its other side wrote what no correct peer writes")]
+pub struct Corrupt(pub &'static str);
+
+/// How many times an operation retries after losing a race before calling the queue corrupt.
+/// Two honest parties lose a race at most a few times in a row.
+const MAX_RETRIES: u32 = 1 << 16;
+
+/// A view of one queue in a ring's words.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexQueue<'a> {
+    pub enqueue: &'a AtomicU64,
+    pub dequeue: &'a AtomicU64,
+    /// `2 * capacity` words: sequence, value, sequence, value, ...
+    pub cells: &'a [AtomicU64],
+    /// Values must be below this.
+    pub bound: u64,
+    pub name: &'static str,
+}
+
+impl IndexQueue<'_> {
+    fn capacity(&self) -> u64 {
+        (self.cells.len() / 2) as u64
+    }
+
+    fn cell(&self, position: u64) -> (&AtomicU64, &AtomicU64) {
+        let i = (position % self.capacity()) as usize * 2;
+        (&self.cells[i], &self.cells[i + 1])
+    }
+
+    /// Lays out an empty queue: every cell free for the first lap.
+    pub(crate) fn init(&self) {
+        for position in 0..self.capacity() {
+            let (sequence, value) = self.cell(position);
+            sequence.store(position, Ordering::Relaxed);
+            value.store(0, Ordering::Relaxed);
+        }
+        self.enqueue.store(0, Ordering::Relaxed);
+        self.dequeue.store(0, Ordering::Release);
+    }
+
+    /// Appends `value`. A full queue (impossible for a ring's queues) is corrupt.
+    pub(crate) fn push(&self, value: u64) -> Result<(), Corrupt> {
+        let mut position = self.enqueue.load(Ordering::Relaxed);
+        for _ in 0..MAX_RETRIES {
+            let (sequence, slot) = self.cell(position);
+            let seen = sequence.load(Ordering::Acquire);
+            match seen.wrapping_sub(position) as i64 {
+                0 => match self.enqueue.compare_exchange_weak(
+                    position,
+                    position + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        slot.store(value, Ordering::Relaxed);
+                        sequence.store(position + 1, Ordering::Release);
+                        return Ok(());
+                    }
+                    Err(now) => position = now,
+                },
+                d if d < 0 => return Err(Corrupt(self.name)),
+                _ => position = self.enqueue.load(Ordering::Relaxed),
+            }
+        }
+        Err(Corrupt(self.name))
+    }
+
+    /// Takes the oldest value, or `None` when the queue is empty.
+    pub(crate) fn pop(&self) -> Result<Option<u64>, Corrupt> {
+        let mut position = self.dequeue.load(Ordering::Relaxed);
+        for _ in 0..MAX_RETRIES {
+            let (sequence, slot) = self.cell(position);
+            let seen = sequence.load(Ordering::Acquire);
+            match seen.wrapping_sub(position + 1) as i64 {
+                0 => match self.dequeue.compare_exchange_weak(
+                    position,
+                    position + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        let value = slot.load(Ordering::Relaxed);
+                        sequence.store(position + self.capacity(), Ordering::Release);
+                        return match value < self.bound {
+                            true => Ok(Some(value)),
+                            false => Err(Corrupt(self.name)),
+                        };
+                    }
+                    Err(now) => position = now,
+                },
+                d if d < 0 => return Ok(None),
+                _ => position = self.dequeue.load(Ordering::Relaxed),
+            }
+        }
+        Err(Corrupt(self.name))
+    }
+
+    /// Whether a value is ready at the head (a hint: it may be taken by the time one looks).
+    pub(crate) fn looks_non_empty(&self) -> bool {
+        let position = self.dequeue.load(Ordering::Relaxed);
+        self.cell(position).0.load(Ordering::Acquire) == position + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    struct Words(Vec<AtomicU64>);
+
+    impl Words {
+        fn new(capacity: usize) -> Arc<Words> {
+            Arc::new(Words((0..2 + 2 * capacity).map(|_| AtomicU64::new(0)).collect()))
+        }
+
+        fn queue(&self, bound: u64) -> IndexQueue<'_> {
+            IndexQueue { enqueue: &self.0[0], dequeue: &self.0[1], cells: &self.0[2..], bound, name: "test queue" }
+        }
+    }
+
+    #[test]
+    fn values_come_out_in_order_lap_after_lap() {
+        let words = Words::new(4);
+        let q = words.queue(100);
+        q.init();
+        for lap in 0..5 {
+            for v in 0..4 {
+                q.push(lap * 4 + v).unwrap();
+            }
+            assert_eq!(q.push(99), Err(Corrupt("test queue")), "a fifth value does not fit");
+            assert!(q.looks_non_empty());
+            for v in 0..4 {
+                assert_eq!(q.pop().unwrap(), Some(lap * 4 + v));
+            }
+            assert_eq!(q.pop().unwrap(), None);
+            assert!(!q.looks_non_empty());
+        }
+    }
+
+    #[test]
+    fn a_value_out_of_bounds_is_corrupt() {
+        let words = Words::new(2);
+        let q = words.queue(3);
+        q.init();
+        q.push(7).unwrap();
+        assert_eq!(q.pop(), Err(Corrupt("test queue")));
+    }
+
+    #[test]
+    fn a_sequence_word_rewritten_by_a_peer_never_hangs() {
+        let words = Words::new(2);
+        let q = words.queue(3);
+        q.init();
+        q.cells[0].store(u64::MAX / 2, Ordering::Relaxed);
+        assert!(q.push(1).is_err());
+    }
+
+    /// Buffers circulate between two queues as in a ring, from several threads at once:
+    /// every buffer is always in exactly one place, none is lost or seen twice.
+    #[test]
+    fn buffers_circulating_between_two_queues_from_many_threads_are_never_lost_or_doubled() {
+        const BUFFERS: u64 = 8;
+        let committed = Words::new(8);
+        let free = Words::new(8);
+        committed.queue(BUFFERS).init();
+        free.queue(BUFFERS).init();
+        for b in 0..BUFFERS {
+            free.queue(BUFFERS).push(b).unwrap();
+        }
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (committed, free) = (Arc::clone(&committed), Arc::clone(&free));
+                std::thread::spawn(move || {
+                    let (c, f) = (committed.queue(BUFFERS), free.queue(BUFFERS));
+                    for i in 0..20_000 {
+                        // Even threads produce (free -> committed), odd ones consume.
+                        let (from, to) = if (t + i) % 2 == 0 { (f, c) } else { (c, f) };
+                        if let Some(b) = from.pop().unwrap() {
+                            to.push(b).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut seen = HashSet::new();
+        for q in [committed.queue(BUFFERS), free.queue(BUFFERS)] {
+            while let Some(b) = q.pop().unwrap() {
+                assert!(seen.insert(b), "buffer {b} twice");
+            }
+        }
+        assert_eq!(seen.len() as u64, BUFFERS);
+    }
+}
