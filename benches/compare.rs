@@ -29,6 +29,10 @@
 //! `multiprocessing.Pool(2)` with numpy (`benches/python/weather_hours.py`; skipped without
 //! python3 and numpy).
 //!
+//! `ring_1MiB_frames`, `ring_wakeup` and `ring_small_msgs` (in `compare/rings.rs`, whose docs
+//! describe them) hold rings against a single-process memcpy, a hand-written eventfd ping-pong
+//! over shared memory, and raw ipc-channel one-way sends.
+//!
 //! `-- --only call_roundtrip,handover` runs only the scenarios whose names start with those.
 //!
 //! `raw_socket_reactor` registers its socket for readability and writability, as
@@ -49,6 +53,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 use tokio::io::unix::AsyncFd;
+
+#[path = "compare/rings.rs"]
+mod rings;
 
 // ---------------------------------------------------------------- the ensemble side
 
@@ -967,6 +974,12 @@ fn main() {
                 ensemble::runtime::pin_to_cpu(cpu).unwrap();
                 socket_child(&waiting);
             }
+            Some("eventfd") => {
+                let fds = words.next().unwrap().to_owned();
+                let cpu: usize = words.next().unwrap().parse().unwrap();
+                ensemble::runtime::pin_to_cpu(cpu).unwrap();
+                rings::eventfd_child(&fds);
+            }
             Some("exit") => {}
             _ => panic!("unknown role {role}"),
         }
@@ -1023,11 +1036,23 @@ fn main() {
         if !floors.is_empty() {
             rows.extend(call_vs_sockets(&rt, &plan, placement, *cpu, &floors));
         }
+        if wanted("ring_1MiB_frames") {
+            rows.push(rings::frames(&rt, plan.reps, placement, *cpu));
+        }
+        if wanted("ring_wakeup") {
+            rows.push(rings::wakeup(&rt, plan.reps, plan.calls, placement, *cpu));
+        }
+        if wanted("ring_small_msgs") {
+            rows.push(rings::small_msgs(&rt, plan.reps, plan.casts, placement, *cpu));
+        }
     }
     worst_of(&mut rows, "call_roundtrip");
     worst_of(&mut rows, "oneway_throughput");
     worst_of(&mut rows, "call_vs_reactor");
     worst_of(&mut rows, "call_vs_blocking_socket");
+    for scenario in ["ring_1MiB_frames", "ring_wakeup", "ring_small_msgs"] {
+        worst_of(&mut rows, scenario);
+    }
     if wanted("spawn_stop") {
         rows.push(spawn_stop(&rt, &plan));
     }

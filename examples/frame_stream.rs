@@ -93,7 +93,8 @@ impl ProcessHandler<Produce> for Camera {
 
 impl ProcessHandler<Consume> for Camera {
     fn handle(&mut self, Consume(mut consumer): Consume, _: &mut ProcessContext<Self>) -> Report {
-        let mut report = Report { frames: 0, torn: 0, gaps: 0, seconds: 0.0, latencies_us: Vec::new(), lost_wakeups: 0 };
+        let mut report =
+            Report { frames: 0, torn: 0, gaps: 0, seconds: 0.0, latencies_us: Vec::new(), lost_wakeups: 0 };
         let mut next = 0;
         let mut started = None;
         loop {
@@ -130,9 +131,13 @@ async fn main() -> anyhow::Result<()> {
     let frames = if quick { 200 } else { 2000 };
     let policy = if overwrite { WhenFull::OverwriteOldest } else { WhenFull::Block };
 
-    let (producer_process, consumer_process) = (ensemble::spawn(Camera).await?, ensemble::spawn(Camera).await?);
+    let (producer_process, consumer_process) =
+        (ensemble::spawn(Camera).await?, ensemble::spawn(Camera).await?);
     let (producer, consumer) = ring::channel(4, HEADER + FRAME, policy)?;
-    println!("{frames} frames of {WIDTH}x{HEIGHT} RGB ({:.1} MB) through a ring of 4 slots ({policy:?})", FRAME as f64 / 1e6);
+    println!(
+        "{frames} frames of {WIDTH}x{HEIGHT} RGB ({:.1} MB) through a ring of 4 slots ({policy:?})",
+        FRAME as f64 / 1e6
+    );
 
     let report = consumer_process.send(Consume(consumer));
     let wrote = producer_process.send(Produce { producer, frames });

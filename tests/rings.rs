@@ -69,7 +69,11 @@ fn frame_number(frame: &[u8]) -> u64 {
 }
 
 impl ProcessHandler<Produce> for Station {
-    fn handle(&mut self, Produce { mut producer, frames, len }: Produce, _: &mut ProcessContext<Self>) -> u64 {
+    fn handle(
+        &mut self,
+        Produce { mut producer, frames, len }: Produce,
+        _: &mut ProcessContext<Self>,
+    ) -> u64 {
         let mut n = 0;
         while frames == 0 || n < frames {
             let mut slot = producer.claim().expect("claim");

@@ -4,8 +4,8 @@
 //! reaches the kernel only through these wrappers, so that the invariants each call relies on
 //! are stated once, next to the call.
 
-mod hook;
 pub(crate) mod eventfd;
+mod hook;
 pub(crate) mod memfd;
 mod process;
 pub(crate) mod reactor;
@@ -15,6 +15,6 @@ pub(crate) mod shm;
 pub(crate) mod socket;
 
 pub use process::{
-    cpus_allowed, die_with_parent, ignore_signal, kernel_version, kill, pidfd_open, pin_to_cpu, raise_nofile_limit,
-    set_thread_name, Signal,
+    cpus_allowed, die_with_parent, ignore_signal, kernel_version, kill, pidfd_open, pin_to_cpu,
+    raise_nofile_limit, set_thread_name, Signal,
 };

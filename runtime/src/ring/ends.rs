@@ -208,7 +208,13 @@ impl Core {
         if !eventfd::is_eventfd(data_bell.as_fd()) || !eventfd::is_eventfd(space_bell.as_fd()) {
             return Err("a ring's doorbell is not an eventfd".into());
         }
-        Ok(Core { memory, geometry, policy, data_bell: Arc::new(data_bell), space_bell: Arc::new(space_bell) })
+        Ok(Core {
+            memory,
+            geometry,
+            policy,
+            data_bell: Arc::new(data_bell),
+            space_bell: Arc::new(space_bell),
+        })
     }
 }
 
@@ -224,7 +230,9 @@ fn policy_word(policy: WhenFull) -> u64 {
 fn this_process() -> (u32, u64) {
     let start = std::fs::read_to_string("/proc/self/stat")
         .ok()
-        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()))
+        .and_then(|stat| {
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
+        })
         .unwrap_or(0);
     (std::process::id(), start)
 }
@@ -247,7 +255,11 @@ fn this_process() -> (u32, u64) {
 /// assert_eq!(consumer.recv()?.sequence(), 2);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn channel(slots: usize, slot_size: usize, when_full: WhenFull) -> Result<(Producer, Consumer), CreateRingError> {
+pub fn channel(
+    slots: usize,
+    slot_size: usize,
+    when_full: WhenFull,
+) -> Result<(Producer, Consumer), CreateRingError> {
     let geometry = Geometry::new(slots, slot_size)?;
     let core = Arc::new(Core::create(geometry, when_full)?);
     let (producer_live, consumer_live) = socket::seqpacket_pair()?;
@@ -369,7 +381,8 @@ impl End {
                 role.name()
             )));
         }
-        let segment = transfer::open(wire.segment, wire.segment_len as usize, true).map_err(D::Error::custom)?;
+        let segment =
+            transfer::open(wire.segment, wire.segment_len as usize, true).map_err(D::Error::custom)?;
         let fd = |index| transfer::open_fd(index).map_err(D::Error::custom);
         let (data_bell, space_bell, live) = (fd(wire.data_bell)?, fd(wire.space_bell)?, fd(wire.live)?);
         if !socket::is_seqpacket(live.as_fd()) {
@@ -520,7 +533,11 @@ impl Producer {
             let core = &self.end.core;
             let overwrite = core.policy == WhenFull::OverwriteOldest;
             let peer_closed = || core.side(at::CONSUMER, at::S_CLOSED).load(Ordering::SeqCst) != 0;
-            let ready = || core.free().looks_non_empty() || (overwrite && core.committed().looks_non_empty()) || peer_closed();
+            let ready = || {
+                core.free().looks_non_empty()
+                    || (overwrite && core.committed().looks_non_empty())
+                    || peer_closed()
+            };
             let sleeping = core.side(at::PRODUCER, at::S_SLEEPING);
             match self.end.waiter.poll_sleep(cx, sleeping, ready) {
                 Poll::Pending => return Poll::Pending,
@@ -1020,16 +1037,21 @@ mod tests {
     #[test]
     fn ends_travel_with_their_descriptors_and_keep_working() {
         let (producer, consumer) = channel(2, 8, WhenFull::Block).unwrap();
-        let (bytes, holds) = transfer::collecting_holds(|| bincode::serialize(&(producer, consumer)).unwrap());
+        let (bytes, holds) =
+            transfer::collecting_holds(|| bincode::serialize(&(producer, consumer)).unwrap());
         assert_eq!(holds.len(), 5, "segment, two bells, two liveness sockets");
         let fds = holds.iter().map(|h| h.fd().try_clone_to_owned().unwrap()).collect();
         drop(holds);
-        let (received, opened) = transfer::receiving(fds, || bincode::deserialize::<(Producer, Consumer)>(&bytes));
+        let (received, opened) =
+            transfer::receiving(fds, || bincode::deserialize::<(Producer, Consumer)>(&bytes));
         assert_eq!(opened, 8, "each end: its segment and three descriptors");
         let (mut producer, mut consumer) = received.unwrap();
         producer.send(b"moved").unwrap();
         assert_eq!(&*consumer.recv().unwrap(), b"moved");
-        assert_eq!(consumer.end.core.side(at::CONSUMER, at::S_PID).load(Ordering::Relaxed), u64::from(std::process::id()));
+        assert_eq!(
+            consumer.end.core.side(at::CONSUMER, at::S_PID).load(Ordering::Relaxed),
+            u64::from(std::process::id())
+        );
     }
 
     #[test]

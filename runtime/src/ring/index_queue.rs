@@ -12,20 +12,51 @@
 //! consumer enqueues a buffer it is done with; the producer dequeues it). Neither can be full:
 //! each can hold every buffer at once.
 //!
-//! The peer is another process and may be broken or hostile: a value is checked against the
-//! number of buffers, and a loop that a peer could keep spinning by rewriting sequence words is
-//! bounded; both are reported as [`Corrupt`].
+//! A queue that looks full is one whose dequeuer one lap back took its position and has not
+//! yet freed the cell (it is between two instructions, or was preempted there): the enqueuer
+//! waits for it, spinning, then yielding.
+//!
+//! The peer is another process and may be broken or hostile (or killed between those two
+//! instructions): a value is checked against the number of buffers, and a wait or a retry loop
+//! that a peer could prolong by rewriting sequence words gives up after [`GIVE_UP`]; both are
+//! reported as [`Corrupt`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// The peer wrote something a correct peer never writes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the ring's {0} is corrupt: its other side wrote what no correct peer writes")]
 pub struct Corrupt(pub &'static str);
 
-/// How many times an operation retries after losing a race before calling the queue corrupt.
-/// Two honest parties lose a race at most a few times in a row.
-const MAX_RETRIES: u32 = 1 << 16;
+/// How long an operation waits for a cell, or keeps losing races, before calling the queue
+/// corrupt. Honest parties hold a cell for a few instructions (plus a preemption).
+pub(crate) const GIVE_UP: Duration = Duration::from_secs(1);
+
+/// Spins, then yields; errors once [`GIVE_UP`] has passed since the first wait.
+struct Patience {
+    attempts: u32,
+    since: Option<Instant>,
+}
+
+impl Patience {
+    fn new() -> Patience {
+        Patience { attempts: 0, since: None }
+    }
+
+    fn wait(&mut self, name: &'static str) -> Result<(), Corrupt> {
+        self.attempts += 1;
+        if self.attempts < 64 {
+            std::hint::spin_loop();
+            return Ok(());
+        }
+        std::thread::yield_now();
+        if self.attempts % 256 == 0 && self.since.get_or_insert_with(Instant::now).elapsed() > GIVE_UP {
+            return Err(Corrupt(name));
+        }
+        Ok(())
+    }
+}
 
 /// A view of one queue in a ring's words.
 #[derive(Debug, Clone, Copy)]
@@ -60,10 +91,11 @@ impl IndexQueue<'_> {
         self.dequeue.store(0, Ordering::Release);
     }
 
-    /// Appends `value`. A full queue (impossible for a ring's queues) is corrupt.
+    /// Appends `value`. A queue that stays full (impossible for a ring's queues) is corrupt.
     pub(crate) fn push(&self, value: u64) -> Result<(), Corrupt> {
         let mut position = self.enqueue.load(Ordering::Relaxed);
-        for _ in 0..MAX_RETRIES {
+        let mut patience = Patience::new();
+        loop {
             let (sequence, slot) = self.cell(position);
             let seen = sequence.load(Ordering::Acquire);
             match seen.wrapping_sub(position) as i64 {
@@ -80,17 +112,21 @@ impl IndexQueue<'_> {
                     }
                     Err(now) => position = now,
                 },
-                d if d < 0 => return Err(Corrupt(self.name)),
-                _ => position = self.enqueue.load(Ordering::Relaxed),
+                // Behind: the cell's last dequeuer has not freed it yet. Ahead: another
+                // enqueuer took this position. Either way, wait a little and look again.
+                _ => {
+                    patience.wait(self.name)?;
+                    position = self.enqueue.load(Ordering::Relaxed);
+                }
             }
         }
-        Err(Corrupt(self.name))
     }
 
     /// Takes the oldest value, or `None` when the queue is empty.
     pub(crate) fn pop(&self) -> Result<Option<u64>, Corrupt> {
         let mut position = self.dequeue.load(Ordering::Relaxed);
-        for _ in 0..MAX_RETRIES {
+        let mut patience = Patience::new();
+        loop {
             let (sequence, slot) = self.cell(position);
             let seen = sequence.load(Ordering::Acquire);
             match seen.wrapping_sub(position + 1) as i64 {
@@ -111,10 +147,12 @@ impl IndexQueue<'_> {
                     Err(now) => position = now,
                 },
                 d if d < 0 => return Ok(None),
-                _ => position = self.dequeue.load(Ordering::Relaxed),
+                _ => {
+                    patience.wait(self.name)?;
+                    position = self.dequeue.load(Ordering::Relaxed);
+                }
             }
         }
-        Err(Corrupt(self.name))
     }
 
     /// Whether a value is ready at the head (a hint: it may be taken by the time one looks).
@@ -138,7 +176,13 @@ mod tests {
         }
 
         fn queue(&self, bound: u64) -> IndexQueue<'_> {
-            IndexQueue { enqueue: &self.0[0], dequeue: &self.0[1], cells: &self.0[2..], bound, name: "test queue" }
+            IndexQueue {
+                enqueue: &self.0[0],
+                dequeue: &self.0[1],
+                cells: &self.0[2..],
+                bound,
+                name: "test queue",
+            }
         }
     }
 
@@ -151,7 +195,9 @@ mod tests {
             for v in 0..4 {
                 q.push(lap * 4 + v).unwrap();
             }
-            assert_eq!(q.push(99), Err(Corrupt("test queue")), "a fifth value does not fit");
+            if lap == 0 {
+                assert_eq!(q.push(99), Err(Corrupt("test queue")), "a fifth value never fits");
+            }
             assert!(q.looks_non_empty());
             for v in 0..4 {
                 assert_eq!(q.pop().unwrap(), Some(lap * 4 + v));

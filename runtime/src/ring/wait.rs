@@ -194,11 +194,12 @@ impl Waiter {
             sleeping.store(0, Ordering::Relaxed);
             return Poll::Ready(Ok(Woke::Look));
         }
-        let hung_up = self.peer_hung_up();
         let registered = self.registered.as_mut().expect("registered above");
+        // The liveness socket is readable only when it hangs up (or a broken peer writes to
+        // it): no system call on this path while the other side lives.
         if let Poll::Ready(guard) = registered.live.poll_read_ready(cx) {
             let mut guard = guard?;
-            if hung_up {
+            if socket::peer_hung_up(self.live.as_fd()) {
                 sleeping.store(0, Ordering::Relaxed);
                 return Poll::Ready(Ok(Woke::HungUp));
             }

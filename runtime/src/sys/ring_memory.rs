@@ -46,7 +46,10 @@ impl RingMemory {
     }
 
     fn buffer_ptr(&self, offset: usize, len: usize) -> *mut u8 {
-        assert!(offset.checked_add(len).is_some_and(|end| end <= self.segment.len()), "ring buffer out of range");
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.segment.len()),
+            "ring buffer out of range"
+        );
         // SAFETY: `offset` is inside the mapping (asserted above).
         unsafe { self.segment.map_ref().as_mut_ptr().add(offset) }
     }
