@@ -554,7 +554,7 @@ impl Producer {
             return Err(self.end.peer_error());
         }
         self.claims = self.claims.wrapping_add(1);
-        if self.claims % LIVENESS_EVERY == 0 && self.end.waiter.peer_hung_up() {
+        if self.claims.is_multiple_of(LIVENESS_EVERY) && self.end.waiter.peer_hung_up() {
             return Err(self.end.peer_error());
         }
         let spare = self.spare.swap(NONE, Ordering::Relaxed);

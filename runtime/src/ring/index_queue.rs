@@ -51,7 +51,9 @@ impl Patience {
             return Ok(());
         }
         std::thread::yield_now();
-        if self.attempts % 256 == 0 && self.since.get_or_insert_with(Instant::now).elapsed() > GIVE_UP {
+        if self.attempts.is_multiple_of(256)
+            && self.since.get_or_insert_with(Instant::now).elapsed() > GIVE_UP
+        {
             return Err(Corrupt(name));
         }
         Ok(())
