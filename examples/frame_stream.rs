@@ -128,7 +128,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let overwrite = std::env::args().any(|a| a == "--overwrite");
-    let frames = if quick { 200 } else { 2000 };
+    let frames = if quick { 60 } else { 2000 };
     let policy = if overwrite { WhenFull::OverwriteOldest } else { WhenFull::Block };
 
     let (producer_process, consumer_process) =

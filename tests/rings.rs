@@ -228,3 +228,40 @@ async fn a_consumer_killed_while_holding_a_frame_frees_a_waiting_producer() {
     assert!(matches!(got, Err(RingError::PeerGone { peer: "consumer", .. })), "{got:?}");
     assert!(waited < Duration::from_millis(1200), "waited {waited:?}");
 }
+
+/// A plain actix actor in the parent consumes a ring with `add_stream`.
+#[actix_rt::test]
+async fn an_actix_actor_consumes_a_ring_with_add_stream() {
+    use actix::{Actor, AsyncContext, StreamHandler};
+
+    struct Viewer {
+        frames: u64,
+        torn: u64,
+        done: Option<futures::channel::oneshot::Sender<(u64, u64)>>,
+    }
+    impl Actor for Viewer {
+        type Context = actix::Context<Self>;
+    }
+    impl StreamHandler<Result<ring::Slot, RingError>> for Viewer {
+        fn handle(&mut self, frame: Result<ring::Slot, RingError>, _: &mut actix::Context<Self>) {
+            let frame = frame.expect("a frame");
+            self.torn += u64::from(!intact(&frame) || frame_number(&frame) != self.frames);
+            self.frames += 1;
+        }
+        fn finished(&mut self, _: &mut actix::Context<Self>) {
+            let _ = self.done.take().unwrap().send((self.frames, self.torn));
+        }
+    }
+
+    let producer_process = station().await;
+    let (producer, consumer) = ring::channel(4, 8192, WhenFull::Block).unwrap();
+    let (done, finished) = futures::channel::oneshot::channel();
+    Viewer::create(|ctx| {
+        ctx.add_stream(consumer);
+        Viewer { frames: 0, torn: 0, done: Some(done) }
+    });
+    let produced =
+        within(30, producer_process.send(Produce { producer, frames: 5_000, len: 8000 })).await.unwrap();
+    assert_eq!(within(10, finished).await.unwrap(), (5_000, 0));
+    assert_eq!(produced, 5_000);
+}
