@@ -22,6 +22,7 @@ mod process;
 pub mod shm;
 mod spawn;
 mod stderr_tail;
+pub mod sync;
 #[allow(unsafe_code)]
 mod sys;
 pub mod transport;

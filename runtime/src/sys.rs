@@ -9,6 +9,7 @@ pub(crate) mod eventfd;
 pub(crate) mod memfd;
 mod process;
 pub(crate) mod reactor;
+pub(crate) mod robust_mutex;
 pub(crate) mod shared_slice;
 pub(crate) mod shm;
 pub(crate) mod socket;
