@@ -135,7 +135,10 @@ async fn scenario(number: u32, what: &str, jobs: u32, pause_ms: u64) -> anyhow::
     let mut results = read_queue(&shared.queue)?;
     results.sort_unstable();
     let printed = *shared.lock.lock()?;
-    anyhow::ensure!(results == (0..jobs).collect::<Vec<_>>(), "scenario {number}: the queue gave {results:?}");
+    anyhow::ensure!(
+        results == (0..jobs).collect::<Vec<_>>(),
+        "scenario {number}: the queue gave {results:?}"
+    );
     anyhow::ensure!(printed == u64::from(jobs), "scenario {number}: {printed} blocks printed, not {jobs}");
     println!("scenario {number}: ok: {jobs} indexes back from the queue, each once; {printed} blocks printed whole\n");
     Ok(())

@@ -87,7 +87,11 @@ impl ProcessHandler<TakePermits> for Helper {
 }
 
 impl ProcessHandler<AcquireWithin> for Helper {
-    fn handle(&mut self, AcquireWithin { semaphore, ms }: AcquireWithin, _: &mut ProcessContext<Self>) -> bool {
+    fn handle(
+        &mut self,
+        AcquireWithin { semaphore, ms }: AcquireWithin,
+        _: &mut ProcessContext<Self>,
+    ) -> bool {
         semaphore.acquire_timeout(Duration::from_millis(ms)).unwrap().is_some()
     }
 }

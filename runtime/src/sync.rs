@@ -148,7 +148,8 @@ fn open_checked<E: serde::de::Error>(
     needed: &'static str,
     is_kind: fn(BorrowedFd<'_>) -> bool,
 ) -> Result<OwnedFd, E> {
-    let fd = transfer::open_fd(index).map_err(|e| E::custom(crate::error_chain(&SyncError::transfer(kind, e))))?;
+    let fd =
+        transfer::open_fd(index).map_err(|e| E::custom(crate::error_chain(&SyncError::transfer(kind, e))))?;
     if !is_kind(fd.as_fd()) {
         return Err(E::custom(SyncError::WrongDescriptor { kind: kind.name(), needed }));
     }
@@ -199,8 +200,11 @@ async fn when_ready<R>(
     }
     let registration = reactor::register_for(fd.try_clone_to_owned()?, interest)?;
     loop {
-        let mut ready =
-            if interest.is_writable() { registration.writable().await? } else { registration.readable().await? };
+        let mut ready = if interest.is_writable() {
+            registration.writable().await?
+        } else {
+            registration.readable().await?
+        };
         if let Some(done) = attempt()? {
             return Ok(done);
         }
@@ -222,7 +226,10 @@ mod tests {
     }
 
     /// Decodes what [`sent`] gave, as a receiver would.
-    pub(super) fn received<V: serde::de::DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> bincode::Result<V> {
+    pub(super) fn received<V: serde::de::DeserializeOwned>(
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> bincode::Result<V> {
         transfer::receiving(fds, || bincode::deserialize::<V>(bytes)).0
     }
 
@@ -249,7 +256,10 @@ mod tests {
         assert!(err.contains("Event was received as Semaphore"), "{err}");
         let (bytes, fds) = sent(&SharedMutex::new(1u32).unwrap());
         let err = received::<SharedMutex<u64>>(&bytes, fds).unwrap_err().to_string();
-        assert!(err.contains("SharedMutex<u32> (4 bytes) was received as SharedMutex<u64> (8 bytes)"), "{err}");
+        assert!(
+            err.contains("SharedMutex<u32> (4 bytes) was received as SharedMutex<u64> (8 bytes)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -259,7 +269,10 @@ mod tests {
         let err = received::<Event>(&bytes, vec![socket]).unwrap_err().to_string();
         assert!(err.contains("the descriptor of a received Event is not an eventfd"), "{err}");
         let (bytes, _) = sent(&Queue::<u8>::new().unwrap());
-        let fds = vec![crate::sys::eventfd::create(0, false).unwrap(), crate::sys::eventfd::create(0, false).unwrap()];
+        let fds = vec![
+            crate::sys::eventfd::create(0, false).unwrap(),
+            crate::sys::eventfd::create(0, false).unwrap(),
+        ];
         let err = received::<Queue<u8>>(&bytes, fds).unwrap_err().to_string();
         assert!(err.contains("is not a seqpacket socket"), "{err}");
     }

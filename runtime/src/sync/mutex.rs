@@ -153,7 +153,8 @@ impl<T: Pod> Serialize for SharedMutex<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let holds = [Arc::clone(self.raw.segment()) as Hold];
         let element = std::any::type_name::<T>();
-        Outgoing { kind: Kind::Mutex, holds: &holds, element, element_size: size_of::<T>() }.serialize(serializer)
+        Outgoing { kind: Kind::Mutex, holds: &holds, element, element_size: size_of::<T>() }
+            .serialize(serializer)
     }
 }
 
@@ -183,7 +184,8 @@ mod tests {
         let held = mutex.lock().unwrap();
         assert_eq!(*held, [1, 20]);
         let other = copy.clone();
-        let busy = std::thread::spawn(move || other.lock_timeout(Duration::from_millis(10)).unwrap().is_none());
+        let busy =
+            std::thread::spawn(move || other.lock_timeout(Duration::from_millis(10)).unwrap().is_none());
         assert!(busy.join().unwrap());
     }
 

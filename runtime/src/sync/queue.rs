@@ -306,12 +306,19 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 }
 
 fn not_a_message() -> WireError {
-    WireError::Value(Box::new(bincode::ErrorKind::Custom("not a queue message (no prefix, or truncated)".into())))
+    WireError::Value(Box::new(bincode::ErrorKind::Custom(
+        "not a queue message (no prefix, or truncated)".into(),
+    )))
 }
 
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
-        Queue { send: Arc::clone(&self.send), recv: Arc::clone(&self.recv), max: self.max, _message: PhantomData }
+        Queue {
+            send: Arc::clone(&self.send),
+            recv: Arc::clone(&self.recv),
+            max: self.max,
+            _message: PhantomData,
+        }
     }
 }
 
@@ -330,7 +337,8 @@ impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let holds = [Arc::clone(&self.send) as Hold, Arc::clone(&self.recv) as Hold];
         let element = std::any::type_name::<T>();
-        Outgoing { kind: Kind::Queue, holds: &holds, element, element_size: size_of::<T>() }.serialize(serializer)
+        Outgoing { kind: Kind::Queue, holds: &holds, element, element_size: size_of::<T>() }
+            .serialize(serializer)
     }
 }
 
@@ -338,7 +346,8 @@ impl<'de, T: Serialize + DeserializeOwned> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let element = std::any::type_name::<T>();
         let [send, recv] = incoming(deserializer, Kind::Queue, element, size_of::<T>())?;
-        let open = |index| open_checked::<D::Error>(Kind::Queue, index, "a seqpacket socket", socket::is_seqpacket);
+        let open =
+            |index| open_checked::<D::Error>(Kind::Queue, index, "a seqpacket socket", socket::is_seqpacket);
         let (send, recv) = (open(send)?, open(recv)?);
         Queue::of(send, recv).map_err(|e| D::Error::custom(crate::error_chain(&SyncError::Io(e))))
     }

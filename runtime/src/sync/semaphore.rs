@@ -55,7 +55,8 @@ impl Semaphore {
     /// # Errors
     /// [`SyncError::Create`] when the kernel refuses an eventfd (descriptor table full).
     pub fn new(permits: u32) -> Result<Semaphore, SyncError> {
-        let fd = eventfd::create(permits, true).map_err(|source| SyncError::Create { what: "Semaphore", source })?;
+        let fd = eventfd::create(permits, true)
+            .map_err(|source| SyncError::Create { what: "Semaphore", source })?;
         Ok(Semaphore { fd: Arc::new(fd) })
     }
 

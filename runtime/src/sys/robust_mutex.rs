@@ -182,7 +182,9 @@ fn init_mutex(mutex: *mut libc::pthread_mutex_t) -> io::Result<()> {
             .and_then(|()| {
                 check(libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED))
             })
-            .and_then(|()| check(libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST)))
+            .and_then(|()| {
+                check(libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST))
+            })
             .and_then(|()| check(libc::pthread_mutex_init(mutex, attr.as_ptr())));
         libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
         set
@@ -346,7 +348,10 @@ mod tests {
         let mutex = RobustMutex::create(3u32).unwrap();
         let adopted = RobustMutex::<u32>::adopt(Arc::clone(mutex.segment())).unwrap();
         assert_eq!(*adopted.try_lock().unwrap().unwrap(), 3);
-        assert!(matches!(RobustMutex::<u64>::adopt(Arc::clone(mutex.segment())), Err(SegmentError::Size { .. })));
+        assert!(matches!(
+            RobustMutex::<u64>::adopt(Arc::clone(mutex.segment())),
+            Err(SegmentError::Size { .. })
+        ));
         let (_, len) = RobustMutex::<u32>::layout();
         let plain = Segment::create(len).unwrap();
         assert!(matches!(RobustMutex::<u32>::adopt(plain), Err(SegmentError::Seals { .. })));
@@ -356,7 +361,7 @@ mod tests {
     fn a_deadline_is_now_plus_the_timeout_on_the_realtime_clock() {
         let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
         let at = realtime_deadline(Duration::from_secs(10));
-        assert!((before + 9..=before + 11).contains(&(at.tv_sec as i64)));
+        assert!((before + 9..=before + 11).contains(&at.tv_sec));
         assert!((0..1_000_000_000).contains(&at.tv_nsec));
         assert_eq!(realtime_deadline(Duration::MAX).tv_sec, libc::time_t::MAX);
     }
