@@ -80,7 +80,7 @@ fn the_job(idx: u32, shared: &Shared, pause_ms: u64) -> Result<(), Box<dyn std::
         out.flush()?;
         *printed += 1;
     }
-    shared.queue.put(&idx)?;
+    shared.queue.put(idx)?;
     Ok(())
 }
 

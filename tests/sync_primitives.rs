@@ -109,7 +109,7 @@ impl ProcessHandler<LockAndHold> for Helper {
 impl ProcessHandler<Produce> for Helper {
     fn handle(&mut self, Produce { queue, producer, count }: Produce, _: &mut ProcessContext<Self>) {
         for seq in 0..count {
-            queue.put(&(producer, seq)).unwrap();
+            queue.put((producer, seq)).unwrap();
         }
     }
 }
@@ -117,7 +117,7 @@ impl ProcessHandler<Produce> for Helper {
 impl ProcessHandler<MakeArray> for Helper {
     fn handle(&mut self, MakeArray { queue, n, factor }: MakeArray, _: &mut ProcessContext<Self>) {
         let values: Vec<u32> = (0..n as u32).map(|i| i * factor).collect();
-        queue.put(&SharedSliceMut::from_slice(&values).unwrap()).unwrap();
+        queue.put(SharedSliceMut::from_slice(&values).unwrap()).unwrap();
     }
 }
 
@@ -273,7 +273,7 @@ async fn stray_bytes_in_a_queue_are_malformed_and_the_next_message_still_arrives
 #[tokio::test]
 async fn a_message_larger_than_one_datagram_is_refused_with_the_limit() {
     let queue = Queue::<Vec<u8>>::new().unwrap();
-    let err = queue.put(&vec![0; 300_000]).unwrap_err();
+    let err = queue.put(vec![0; 300_000]).unwrap_err();
     match err {
         QueueError::TooLarge { size, max } => {
             assert_eq!(size, 300_012);

@@ -41,7 +41,7 @@ mod queue;
 mod semaphore;
 
 pub use crate::sys::robust_mutex::MutexGuard;
-pub use error::{LockError, QueueError, SyncError};
+pub use error::{LockError, QueueError, SyncError, TryPutError};
 pub use event::Event;
 pub use mutex::SharedMutex;
 pub use queue::Queue;

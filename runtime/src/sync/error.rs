@@ -119,3 +119,49 @@ pub enum QueueError {
     #[error("the queue's socket failed")]
     Io(#[source] io::Error),
 }
+
+/// Why [`Queue::try_put`](crate::sync::Queue::try_put) or
+/// [`Queue::put_timeout`](crate::sync::Queue::put_timeout) did not put a message.
+pub enum TryPutError<T> {
+    /// The queue was full (until the timeout): the message was not put, and is handed back.
+    Full(T),
+    /// The message cannot be put at all (too large, ...); it was dropped.
+    Failed(QueueError),
+}
+
+impl<T> TryPutError<T> {
+    /// The message, when the queue was full.
+    pub fn into_message(self) -> Option<T> {
+        match self {
+            TryPutError::Full(message) => Some(message),
+            TryPutError::Failed(_) => None,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for TryPutError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TryPutError::Full(_) => f.write_str("Full(..)"),
+            TryPutError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
+}
+
+impl<T> std::fmt::Display for TryPutError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TryPutError::Full(_) => f.write_str("the queue is full"),
+            TryPutError::Failed(_) => f.write_str("the message cannot be put"),
+        }
+    }
+}
+
+impl<T> std::error::Error for TryPutError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TryPutError::Full(_) => None,
+            TryPutError::Failed(e) => Some(e),
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! [`Queue`]: a multi-producer multi-consumer queue of messages between processes, one
 //! datagram per message on a seqpacket socket pair.
 
-use super::{incoming, open_checked, poll_ready, when_ready, Kind, Outgoing, QueueError, SyncError};
+use super::{
+    incoming, open_checked, poll_ready, when_ready, Kind, Outgoing, QueueError, SyncError, TryPutError,
+};
 use crate::shm::transfer::Hold;
 use crate::sys::socket::{self, MAX_FDS};
 use crate::wire::{self, WireError};
@@ -46,7 +48,7 @@ thread_local! {
 ///   same memory. Any ensemble handle (a [`SharedMutex`](super::SharedMutex), an
 ///   [`Event`](super::Event), another queue) can travel in a message the same way.
 /// - The queue holds what the socket's buffer holds (a few hundred small messages): a `put`
-///   to a full queue waits for a getter (`try_put` says `false`, `put_async` awaits).
+///   to a full queue waits for a getter (`try_put` hands the message back, `put_async` awaits).
 /// - Messages live in the kernel: they are lost only when the last process holding the queue
 ///   lets go of it.
 /// - A datagram that does not decode is consumed and reported ([`QueueError::Malformed`]); the
@@ -57,7 +59,7 @@ thread_local! {
 /// use ensemble_runtime::sync::Queue;
 /// let results = Queue::<(u32, String)>::new()?;
 /// let producer = results.clone(); // in a real program: sent to another process
-/// producer.put(&(7, "seven".to_owned()))?;
+/// producer.put((7, "seven".to_owned()))?;
 /// assert_eq!(results.get()?, (7, "seven".to_owned()));
 /// assert!(results.try_get()?.is_none());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -99,44 +101,53 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.max
     }
 
-    /// Puts `message` in the queue if it has room now: `false` when it is full.
+    /// Puts `message` in the queue if it has room now; when it is full, hands it back in
+    /// [`TryPutError::Full`].
+    ///
+    /// The message is moved, as a message to an actor is: a [`SharedSliceMut`] in it changes
+    /// owner, from the putter to the getter.
+    ///
+    /// [`SharedSliceMut`]: crate::shm::SharedSliceMut
     ///
     /// # Errors
-    /// [`QueueError::TooLarge`], [`QueueError::TooManyDescriptors`], [`QueueError::Encode`],
-    /// [`QueueError::Io`].
-    pub fn try_put(&self, message: &T) -> Result<bool, QueueError> {
-        let encoded = self.encode(message)?;
-        self.send_encoded(&encoded)
+    /// [`TryPutError::Full`]; [`TryPutError::Failed`] with [`QueueError::TooLarge`],
+    /// [`QueueError::TooManyDescriptors`], [`QueueError::Encode`] or [`QueueError::Io`].
+    pub fn try_put(&self, message: T) -> Result<(), TryPutError<T>> {
+        self.put_timeout(message, Duration::ZERO)
     }
 
     /// Puts `message` in the queue, blocking the thread while it is full. Not on an arbiter
     /// others share: use [`put_async`](Queue::put_async) there.
     ///
     /// # Errors
-    /// As [`try_put`](Queue::try_put).
-    pub fn put(&self, message: &T) -> Result<(), QueueError> {
-        let encoded = self.encode(message)?;
+    /// [`QueueError::TooLarge`], [`QueueError::TooManyDescriptors`], [`QueueError::Encode`],
+    /// [`QueueError::Io`].
+    pub fn put(&self, message: T) -> Result<(), QueueError> {
+        let encoded = self.encode(&message)?;
         while !self.send_encoded(&encoded)? {
             poll_ready(self.send.as_fd(), Duration::from_secs(3600), true).map_err(QueueError::Io)?;
         }
         Ok(())
     }
 
-    /// Puts `message` in the queue, blocking the thread while it is full, at most `timeout`:
-    /// `false` when it was still full then (the message was not put).
+    /// Puts `message` in the queue, blocking the thread while it is full, at most `timeout`;
+    /// when it is still full then, hands it back in [`TryPutError::Full`].
     ///
     /// # Errors
     /// As [`try_put`](Queue::try_put).
-    pub fn put_timeout(&self, message: &T, timeout: Duration) -> Result<bool, QueueError> {
-        let encoded = self.encode(message)?;
+    pub fn put_timeout(&self, message: T, timeout: Duration) -> Result<(), TryPutError<T>> {
+        let encoded = self.encode(&message).map_err(TryPutError::Failed)?;
         let deadline = Instant::now().checked_add(timeout);
         loop {
-            if self.send_encoded(&encoded)? {
-                return Ok(true);
+            if self.send_encoded(&encoded).map_err(TryPutError::Failed)? {
+                return Ok(());
             }
             let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
-            if left.is_zero() || !poll_ready(self.send.as_fd(), left, true).map_err(QueueError::Io)? {
-                return Ok(false);
+            let room = || {
+                poll_ready(self.send.as_fd(), left, true).map_err(|e| TryPutError::Failed(QueueError::Io(e)))
+            };
+            if left.is_zero() || !room()? {
+                return Err(TryPutError::Full(message));
             }
         }
     }
@@ -145,16 +156,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// (tokio's reactor watches the socket).
     ///
     /// # Errors
-    /// As [`try_put`](Queue::try_put), and [`QueueError::Io`] when the reactor refuses the
-    /// descriptor.
+    /// As [`put`](Queue::put), and [`QueueError::Io`] when the reactor refuses the descriptor.
     ///
     /// # Panics
     /// Outside a tokio runtime with IO enabled (actix's runtime has it).
     ///
     /// # Cancel safety
-    /// Cancel safe: the message is sent whole in the poll that returns, or not at all.
-    pub async fn put_async(&self, message: &T) -> Result<(), QueueError> {
-        let encoded = self.encode(message)?;
+    /// The message is sent whole in the poll that returns, or not at all (and then dropped).
+    pub async fn put_async(&self, message: T) -> Result<(), QueueError> {
+        let encoded = self.encode(&message)?;
         let mut failed = None;
         let attempt = || match self.send_encoded(&encoded) {
             Ok(sent) => Ok(sent.then_some(())),
@@ -364,8 +374,8 @@ mod tests {
         let queue = Queue::<String>::new().unwrap();
         let other = queue.clone();
         assert!(queue.is_empty());
-        queue.put(&"one".to_owned()).unwrap();
-        assert!(other.try_put(&"two".to_owned()).unwrap());
+        queue.put("one".to_owned()).unwrap();
+        other.try_put("two".to_owned()).unwrap();
         assert!(!queue.is_empty());
         assert_eq!(other.get().unwrap(), "one");
         assert_eq!(queue.get_timeout(Duration::from_secs(1)).unwrap().unwrap(), "two");
@@ -375,7 +385,7 @@ mod tests {
     #[test]
     fn an_empty_message_is_still_a_datagram() {
         let queue = Queue::<()>::new().unwrap();
-        queue.put(&()).unwrap();
+        queue.put(()).unwrap();
         queue.try_get().unwrap().unwrap();
         assert!(queue.try_get().unwrap().is_none());
     }
@@ -384,14 +394,19 @@ mod tests {
     fn a_full_queue_refuses_without_waiting_and_frees_up_when_read() {
         let queue = Queue::<Vec<u8>>::new().unwrap();
         let mut n = 0;
-        while queue.try_put(&vec![1; 1000]).unwrap() {
-            n += 1;
+        let refused = loop {
+            match queue.try_put(vec![1; 1000]) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
             assert!(n < 100_000, "never full");
-        }
+        };
+        assert_eq!(refused.into_message().unwrap().len(), 1000, "handed back");
         assert!(n > 10, "{n} messages fit");
-        assert!(!queue.put_timeout(&vec![2; 1000], Duration::from_millis(5)).unwrap());
+        let timed_out = queue.put_timeout(vec![2; 1000], Duration::from_millis(5)).unwrap_err();
+        assert!(matches!(timed_out, TryPutError::Full(_)));
         queue.get().unwrap();
-        assert!(queue.put_timeout(&vec![3; 1000], Duration::from_secs(5)).unwrap());
+        queue.put_timeout(vec![3; 1000], Duration::from_secs(5)).unwrap();
     }
 
     #[test]
@@ -399,9 +414,9 @@ mod tests {
         let queue = Queue::<Vec<u8>>::new().unwrap();
         // A Vec<u8> encodes as an 8-byte length and its bytes, after the 4-byte prefix.
         let fits = vec![7; queue.max_message_size() - 12];
-        queue.put(&fits).unwrap();
+        queue.put(fits.clone()).unwrap();
         assert_eq!(queue.get().unwrap().len(), fits.len());
-        let err = queue.put(&vec![0; queue.max_message_size() - 11]).unwrap_err();
+        let err = queue.put(vec![0; queue.max_message_size() - 11]).unwrap_err();
         assert!(matches!(err, QueueError::TooLarge { size, max } if size == max + 1), "{err}");
         assert!(err.to_string().contains("put a SharedSlice in it"));
     }
@@ -411,7 +426,7 @@ mod tests {
         let queue = Queue::<(u32, String)>::new().unwrap();
         queue.put_raw(b"garbage").unwrap();
         queue.put_raw(b"enQ1\x01\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
-        queue.put(&(1, "after".to_owned())).unwrap();
+        queue.put((1, "after".to_owned())).unwrap();
         assert!(matches!(queue.get(), Err(QueueError::Malformed { len: 7, .. })));
         assert!(matches!(queue.get(), Err(QueueError::Malformed { len: 16, .. })));
         assert_eq!(queue.get().unwrap(), (1, "after".to_owned()));
@@ -420,7 +435,7 @@ mod tests {
     #[test]
     fn a_shared_array_in_a_message_arrives_mapped() {
         let queue = Queue::<SharedSliceMut<u16>>::new().unwrap();
-        queue.put(&SharedSliceMut::from_slice(&[4, 5, 6]).unwrap()).unwrap();
+        queue.put(SharedSliceMut::from_slice(&[4, 5, 6]).unwrap()).unwrap();
         let array = queue.get().unwrap();
         assert_eq!(&*array, &[4, 5, 6]);
     }
@@ -431,8 +446,8 @@ mod tests {
         let (bytes, fds) = sent(&queue);
         assert_eq!(fds.len(), 2);
         let copy: Queue<u64> = received(&bytes, fds).unwrap();
-        copy.put(&1).unwrap();
-        queue.put(&2).unwrap();
+        copy.put(1).unwrap();
+        queue.put(2).unwrap();
         assert_eq!(queue.get().unwrap(), 1);
         assert_eq!(copy.get().unwrap(), 2);
     }
@@ -449,9 +464,9 @@ mod tests {
             n
         });
         for _ in 0..500 {
-            queue.put_async(&vec![1; 4096]).await.unwrap();
+            queue.put_async(vec![1; 4096]).await.unwrap();
         }
-        queue.put_async(&vec![0; 4096]).await.unwrap();
+        queue.put_async(vec![0; 4096]).await.unwrap();
         assert_eq!(tokio::time::timeout(Duration::from_secs(20), consumer).await.unwrap().unwrap(), 500);
     }
 }
