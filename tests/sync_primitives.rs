@@ -101,8 +101,6 @@ impl ProcessHandler<LockAndHold> for Helper {
         let mut guard = mutex.lock().unwrap();
         *guard = value;
         std::mem::forget(guard);
-        // The mapping must outlive the forgotten guard: keep the handle until the process dies.
-        std::mem::forget(mutex);
     }
 }
 

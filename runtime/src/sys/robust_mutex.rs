@@ -127,7 +127,8 @@ impl<T: Pod> RobustMutex<T> {
     fn finish(&self, code: i32) -> io::Result<Option<MutexGuard<'_, T>>> {
         match self.attempt(code)? {
             Attempt::Locked { owner_died } => {
-                Ok(Some(MutexGuard { mutex: self, owner_died, _not_send: PhantomData }))
+                let mapping = Arc::clone(&self.segment);
+                Ok(Some(MutexGuard { mutex: self, owner_died, _mapping: mapping, _not_send: PhantomData }))
             }
             Attempt::Busy => Ok(None),
         }
@@ -205,7 +206,9 @@ fn realtime_deadline(timeout: Duration) -> libc::timespec {
 ///
 /// It is `!Send`: glibc requires the thread that locked a mutex to be the one that unlocks it
 /// (and a robust mutex is on that thread's list of held locks, which the kernel walks when the
-/// thread dies).
+/// thread dies). A guard that is forgotten (`mem::forget`) keeps the lock until its thread
+/// exits (then the next locker is told [`owner_died`](Self::owner_died)), and keeps the mutex's
+/// memory mapped for good.
 ///
 /// # Examples
 /// ```
@@ -221,6 +224,11 @@ fn realtime_deadline(timeout: Duration) -> libc::timespec {
 pub struct MutexGuard<'a, T: Pod> {
     mutex: &'a RobustMutex<T>,
     owner_died: bool,
+    /// Keeps the mapping for as long as the lock is held, also when the guard is forgotten
+    /// (`mem::forget` leaks it with the guard): glibc links every robust mutex a thread holds
+    /// into a list through the mutexes themselves, and touches its neighbours when another
+    /// one is locked or unlocked, so a held mutex must never be unmapped.
+    _mapping: Arc<Segment>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -341,6 +349,18 @@ mod tests {
         drop(guard);
         let guard = mutex.try_lock().unwrap().unwrap();
         assert!(!guard.owner_died());
+    }
+
+    #[test]
+    fn a_forgotten_guard_keeps_its_mutex_mapped_for_the_threads_robust_list() {
+        let forgotten = RobustMutex::create(1u32).unwrap();
+        let segment = Arc::downgrade(forgotten.segment());
+        std::mem::forget(forgotten.try_lock().unwrap().unwrap());
+        drop(forgotten);
+        assert!(segment.upgrade().is_some(), "still mapped while held");
+        // Locking and unlocking another robust mutex on this thread walks the list through it.
+        let other = RobustMutex::create(2u32).unwrap();
+        assert_eq!(*other.try_lock().unwrap().unwrap(), 2);
     }
 
     #[test]
