@@ -115,6 +115,10 @@ pub use ensemble_runtime::shm::{SegmentError, SharedSlice, SharedSliceMut};
 /// (re-export of `ensemble_runtime::ring`; its docs list the guarantees).
 pub use ensemble_runtime::ring;
 
+/// Synchronisation that travels in messages: events, semaphores, robust shared mutexes, queues
+/// (re-export of `ensemble_runtime::sync`; its docs list the guarantees).
+pub use ensemble_runtime::sync;
+
 /// The substrate: processes, handshake, wire format (re-export of `ensemble-runtime`).
 pub use ensemble_runtime as runtime;
 

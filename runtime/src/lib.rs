@@ -23,6 +23,7 @@ pub mod ring;
 pub mod shm;
 mod spawn;
 mod stderr_tail;
+pub mod sync;
 #[allow(unsafe_code)]
 mod sys;
 pub mod transport;

@@ -10,6 +10,7 @@ pub(crate) mod memfd;
 mod process;
 pub(crate) mod reactor;
 pub(crate) mod ring_memory;
+pub(crate) mod robust_mutex;
 pub(crate) mod shared_slice;
 pub(crate) mod shm;
 pub(crate) mod socket;
