@@ -67,6 +67,11 @@
 //!   and kills it after its shutdown timeout, if this process lives that long: `#[ensemble::main]`
 //!   waits for such children at the end of `main`; a `main` without it that returns at once
 //!   takes them down with it, without post_run ([`Hooks`] says when post_run runs).
+//! - **Streams and shared primitives.** A [`ring`]'s frames are never read half-written and a
+//!   slot being read is never written; a killed peer is reported to the other end at once
+//!   ([`ring::RingError::PeerGone`]), never a wait for ever. [`sync`]'s mutex is robust (a
+//!   holder killed while holding it is reported to the next locker, never a deadlock); its
+//!   queue's messages are single datagrams (a producer killed mid-put sent all or nothing).
 //! - **Builds.** The handshake checks the protocol version and the identity of the
 //!   executable; a child from another build is refused with [`SpawnError::BuildMismatch`].
 //!
