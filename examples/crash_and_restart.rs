@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         strategy: Strategy::OneForOne,
         intensity: Intensity { max_restarts: 100, within: Duration::from_secs(60) },
         backoff: Some(Backoff { initial: Duration::from_millis(10), max: Duration::from_secs(1) }),
+        ..SupervisorConfig::default()
     };
     let mut supervisor = Supervisor::new(config);
     let flaky = supervisor.add(ChildSpec::new("flaky", || Flaky));

@@ -173,8 +173,8 @@ pub mod prelude {
     pub use crate::supervisor::{ChildSpec, Restart, Strategy, SupervisorConfig, WhileDown};
     pub use crate::time::sleep;
     pub use crate::{
-        AsyncProcessHandler, CallError, Hooks, ProcessActor, ProcessContext, ProcessHandler, Remote,
-        RemoteMessage, SpawnError, SpawnOptions, Supervised, Supervisor,
+        AsyncProcessHandler, CallError, HookError, Hooks, ProcessActor, ProcessContext, ProcessHandler,
+        Remote, RemoteMessage, SpawnError, SpawnOptions, Supervised, Supervisor,
     };
     pub use crate::{Farm, FarmConfig, SharedSlice, SharedSliceMut, TaskError};
     pub use futures::{Stream, StreamExt};

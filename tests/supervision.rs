@@ -9,7 +9,9 @@ mod harness;
 use harness::within;
 
 use ensemble::prelude::*;
-use ensemble::supervisor::{Backoff, Intensity, SupervisorError, SupervisorEvent, SupervisorEvents};
+use ensemble::supervisor::{
+    Backoff, Intensity, StopOrder, SupervisorError, SupervisorEvent, SupervisorEvents,
+};
 use futures::StreamExt;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -39,7 +41,8 @@ impl Hooks for Worker {
         if let Some(log) = &self.log {
             use std::io::Write;
             let mut file = std::fs::OpenOptions::new().append(true).create(true).open(log).unwrap();
-            writeln!(file, "{}", self.name).unwrap();
+            // One write: lines of children stopping at once must not interleave.
+            file.write_all(format!("{}\n", self.name).as_bytes()).unwrap();
         }
     }
 }
@@ -334,6 +337,46 @@ async fn shutdown_stops_children_in_reverse_order_and_kills_a_stuck_one() {
         .collect();
     assert_eq!(stops, [("c", None), ("b", Some(libc::SIGKILL)), ("a", None)]);
     assert_eq!(log.lines(), ["c", "a"], "post_run ran in the children that stopped gracefully");
+}
+
+/// With `StopOrder::Concurrent`, a stuck child does not hold up the others' orderly stop: their
+/// post_run runs while it is still waiting for its shutdown timeout (5 s).
+#[actix_rt::test]
+async fn a_concurrent_shutdown_stops_the_others_while_a_stuck_one_waits_for_its_timeout() {
+    let log = Log::new("concurrent");
+    let mut supervisor = Supervisor::new(SupervisorConfig {
+        stop_order: StopOrder::Concurrent,
+        ..SupervisorConfig::default()
+    });
+    let _a = supervisor.add(logged_spec("a", &log));
+    let b = supervisor.add(logged_spec("b", &log).shutdown_timeout(Duration::from_secs(5)));
+    let _c = supervisor.add(logged_spec("c", &log));
+    let mut events = supervisor.events();
+    let root = within(10, supervisor.start()).await.unwrap();
+    b.do_send(Sleep(60_000)).unwrap();
+    let shutdown = actix_rt::spawn(async move { root.shutdown().await });
+    harness::wait_until(3, "a and c stopped while b is stuck", || {
+        let mut lines = log.lines();
+        lines.sort();
+        lines == ["a", "c"]
+    })
+    .await;
+    within(20, shutdown).await.unwrap().unwrap();
+    let seen =
+        events_until(&mut events, |e| matches!(e, SupervisorEvent::Stopped { child, .. } if child == "a"))
+            .await;
+    let killed: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            SupervisorEvent::Stopped { child, exit } => Some((child.as_str(), exit.signal())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        killed,
+        [("c", None), ("b", Some(libc::SIGKILL)), ("a", None)],
+        "events in reverse start order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,7 +51,8 @@ use crate::actor::{Handles, ProcessActor};
 use crate::error::CallError;
 use crate::message::RemoteMessage;
 use crate::supervisor::{
-    ChildSpec, Intensity, Supervised, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle,
+    ChildSpec, Intensity, StopOrder, Supervised, Supervisor, SupervisorConfig, SupervisorError,
+    SupervisorHandle,
 };
 use ensemble_runtime::transport::ProtocolError;
 use ensemble_runtime::{ExitInfo, Failure};
@@ -258,7 +259,9 @@ impl<A: ProcessActor> Farm<A> {
     ) -> Result<Self, SupervisorError> {
         let workers = config.workers.max(1);
         let intensity = Intensity { max_restarts: 10 * workers as u32, within: Duration::from_secs(60) };
-        let mut supervisor = Supervisor::new(SupervisorConfig { intensity, ..SupervisorConfig::default() });
+        let group =
+            SupervisorConfig { intensity, stop_order: StopOrder::Concurrent, ..SupervisorConfig::default() };
+        let mut supervisor = Supervisor::new(group);
         let factory = std::sync::Arc::new(factory);
         let handles = (0..workers)
             .map(|i| {

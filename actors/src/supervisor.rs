@@ -37,7 +37,7 @@ mod spec;
 
 pub use self::core::EXIT_ESCALATED;
 pub use slot::{Supervised, SupervisedCall};
-pub use spec::{Backoff, ChildSpec, Intensity, Restart, Strategy, SupervisorConfig, WhileDown};
+pub use spec::{Backoff, ChildSpec, Intensity, Restart, StopOrder, Strategy, SupervisorConfig, WhileDown};
 
 use self::child::{Child, TypedChild};
 use self::core::{AddChild, Shutdown, Subscribe, SupervisorActor, Wait};

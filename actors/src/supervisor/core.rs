@@ -6,7 +6,7 @@
 //! that arrives during a restart is handled after it. No borrow is held across an await.
 
 use crate::supervisor::child::{Child, Incarnation};
-use crate::supervisor::spec::{Restart, Strategy, SupervisorConfig};
+use crate::supervisor::spec::{Restart, StopOrder, Strategy, SupervisorConfig};
 use crate::supervisor::{SupervisorError, SupervisorEvent};
 use actix::{Actor, AsyncContext, Handler, Message, WrapFuture};
 use ensemble_runtime::{ExitInfo, SpawnError};
@@ -307,9 +307,12 @@ async fn start_again(core: &Rc<RefCell<Core>>, addr: &actix::Addr<SupervisorActo
     }
 }
 
-/// Stops every child in reverse start order and waits until each is reaped.
+/// Stops every child in reverse start order (one after the other, or all at once, as the
+/// config says) and waits until each is reaped.
 async fn stop_all(core: &Rc<RefCell<Core>>) {
     let count = core.borrow().children.len();
+    let concurrent = core.borrow().config.stop_order == StopOrder::Concurrent;
+    let mut stopping = Vec::new();
     for i in (0..count).rev() {
         let (incarnation, child) = {
             let mut c = core.borrow_mut();
@@ -319,9 +322,19 @@ async fn stop_all(core: &Rc<RefCell<Core>>) {
         };
         child.mark_gone(None);
         if let Some(incarnation) = incarnation {
-            let exit = incarnation.stop().await;
-            core.borrow().emit(SupervisorEvent::Stopped { child: child.name().to_owned(), exit });
+            let stop = incarnation.stop();
+            match concurrent {
+                true => stopping.push((child, stop)),
+                false => {
+                    let exit = stop.await;
+                    core.borrow().emit(SupervisorEvent::Stopped { child: child.name().to_owned(), exit });
+                }
+            }
         }
+    }
+    let (children, stops): (Vec<_>, Vec<_>) = stopping.into_iter().unzip();
+    for (child, exit) in children.into_iter().zip(futures::future::join_all(stops).await) {
+        core.borrow().emit(SupervisorEvent::Stopped { child: child.name().to_owned(), exit });
     }
 }
 

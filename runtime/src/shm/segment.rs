@@ -115,7 +115,14 @@ impl Segment {
                 _ => SegmentError::Io(e),
             },
         )?;
-        Segment::map(File::from(fd), len, true)
+        let segment = Segment::map(File::from(fd), len, true)?;
+        // The memory is allocated (fallocate); mapping every page now, in one call, costs less
+        // than one fault per 4 KiB at first write (128 MB: 57-66 ms vs 92 ms here). Kernels
+        // before 5.14 say EINVAL: the pages are mapped at first write then. (Read mappings are
+        // left lazy: the kernel maps 16 pages per read fault, which measured faster than
+        // MADV_POPULATE_READ.)
+        let _ = segment.map.advise(memmap2::Advice::PopulateWrite);
+        Ok(segment)
     }
 
     /// Takes a received descriptor as a segment of at least `len` bytes, after checking its
