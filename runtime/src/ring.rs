@@ -14,16 +14,21 @@
 //!   (backpressure), or takes the oldest committed slot the consumer has not taken yet (live
 //!   video: the consumer sees the newest frames, and gaps in [`Slot::sequence`]). A slot lent to
 //!   the consumer is never written.
-//! - **Waiting**: a short spin (only with more than one CPU), then sleep on an eventfd that the
-//!   other side rings only when it was told that this side sleeps. Every sleep has a safety
-//!   timeout; [`RingStats::lost_wakeups`] counts the ones that found work (a lost wake-up:
-//!   zero in the tests). The consumer is a [`Stream`](futures_core::Stream) (actix
-//!   `add_stream`, tokio); both ends have `async` methods that never block a thread.
-//! - **A dead peer is seen at once**: each end holds one end of a socket pair that no one
-//!   writes; when every process holding the other end's socket is gone (killed included), the
-//!   kernel reports a hang-up to the waiter, whoever held that end before. An end dropped
-//!   normally says so in the ring first: the other side gets [`RingError::Closed`] (after the
-//!   frames still committed), a crashed one [`RingError::PeerGone`] with its pid.
+//! - **Waiting**: a short spin (only with more than one CPU), then sleep. Each end holds one
+//!   socket of a pair made with the ring: a side rings the other's doorbell (one datagram) only
+//!   when it was told that the other sleeps. Every sleep has a safety timeout;
+//!   [`RingStats::lost_wakeups`] counts the ones that found work without a doorbell (zero in the
+//!   tests). The consumer is a [`Stream`](futures_core::Stream) (actix `add_stream`, tokio);
+//!   both ends have `async` methods that never block a thread, on whatever runtime polls them.
+//! - **A dead peer is seen at once**: when every process holding the other end's socket is gone
+//!   (killed included), the kernel reports a hang-up to this end's socket, whoever held the
+//!   other end before; a producer that never waits looks every 100 ms. An end dropped normally
+//!   says so in the ring first: the other side gets [`RingError::Closed`] (after the frames
+//!   still committed), a crashed one [`RingError::PeerGone`] with its pid.
+//! - **Moving ends**: an end moves in any message, any number of times. Give lent slots back
+//!   before moving a consumer (a slot left in a process that dies is lost to the ring), and do
+//!   not put ends in a [`Queue`](crate::sync::Queue) message: a message waiting in a queue keeps
+//!   the end's socket alive, so its peer cannot see the sender die.
 //!
 //! # Examples
 //! ```

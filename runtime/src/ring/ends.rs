@@ -4,7 +4,6 @@ use super::index_queue::{Corrupt, IndexQueue};
 use super::layout::{self as at, Geometry, GeometryError};
 use super::wait::{self, Waiter, Woke};
 use crate::shm::{transfer, Segment, SegmentError};
-use crate::sys::eventfd;
 use crate::sys::ring_memory::RingMemory;
 use crate::sys::socket;
 use serde::de::Error as _;
@@ -39,7 +38,7 @@ pub enum CreateRingError {
     /// Its segment could not be created (not enough memory, ...).
     #[error("could not create the ring's segment")]
     Segment(#[from] SegmentError),
-    /// Its eventfds or sockets could not be created (descriptor limit, ...).
+    /// Its socket pair could not be created (descriptor limit, ...).
     #[error("could not create the ring's descriptors")]
     Io(#[from] io::Error),
 }
@@ -103,10 +102,6 @@ pub(crate) struct Core {
     pub(crate) memory: RingMemory,
     pub(crate) geometry: Geometry,
     policy: WhenFull,
-    /// Rung by the producer when the consumer sleeps.
-    data_bell: Arc<OwnedFd>,
-    /// Rung by the consumer when the producer sleeps.
-    space_bell: Arc<OwnedFd>,
 }
 
 impl Core {
@@ -141,10 +136,11 @@ impl Core {
         self.memory.words(self.geometry.buffer_words(index as usize), 2)
     }
 
-    /// The consumer is done with buffer `index`: it goes back to the producer.
-    fn release(&self, index: u32) -> Result<(), Corrupt> {
+    /// The consumer is done with buffer `index`: it goes back to the producer, woken through
+    /// `consumer_socket` if it sleeps.
+    fn release(&self, index: u32, consumer_socket: &OwnedFd) -> Result<(), Corrupt> {
         self.free().push(u64::from(index))?;
-        wait::wake(self.side(at::PRODUCER, at::S_SLEEPING), &self.space_bell);
+        wait::wake(self.side(at::PRODUCER, at::S_SLEEPING), consumer_socket);
         Ok(())
     }
 
@@ -158,13 +154,7 @@ impl Core {
     fn create(geometry: Geometry, policy: WhenFull) -> Result<Core, CreateRingError> {
         let segment = Segment::create(geometry.segment_len())?;
         let memory = RingMemory::new(segment).expect("a created segment is writable");
-        let core = Core {
-            memory,
-            geometry,
-            policy,
-            data_bell: Arc::new(eventfd::create(0, false)?),
-            space_bell: Arc::new(eventfd::create(0, false)?),
-        };
+        let core = Core { memory, geometry, policy };
         core.committed().init();
         core.free().init();
         for index in 0..geometry.buffers as u64 {
@@ -186,7 +176,7 @@ impl Core {
     }
 
     /// Reads a received ring's shape, checking it against its segment.
-    fn adopt(segment: Arc<Segment>, data_bell: OwnedFd, space_bell: OwnedFd) -> Result<Core, String> {
+    fn adopt(segment: Arc<Segment>) -> Result<Core, String> {
         let memory = RingMemory::new(segment).ok_or("a ring's segment must be writable")?;
         if memory.segment().len() < at::BUFFER_HEADER * 8 {
             return Err("a ring's segment is too small for its header".into());
@@ -205,16 +195,14 @@ impl Core {
         if geometry.segment_len() > memory.segment().len() {
             return Err("the ring's shape does not fit its segment".into());
         }
-        if !eventfd::is_eventfd(data_bell.as_fd()) || !eventfd::is_eventfd(space_bell.as_fd()) {
-            return Err("a ring's doorbell is not an eventfd".into());
+        // A ring made by `channel` is allocated in full: a sparse one would make this process
+        // fault in (and be charged for) whatever its maker chose.
+        let allocated =
+            rustix::fs::fstat(memory.segment().fd()).map_or(0, |stat| stat.st_blocks as u64 * 512);
+        if allocated < geometry.segment_len() as u64 {
+            return Err("the ring's segment is not allocated in full".into());
         }
-        Ok(Core {
-            memory,
-            geometry,
-            policy,
-            data_bell: Arc::new(data_bell),
-            space_bell: Arc::new(space_bell),
-        })
+        Ok(Core { memory, geometry, policy })
     }
 }
 
@@ -262,14 +250,14 @@ pub fn channel(
 ) -> Result<(Producer, Consumer), CreateRingError> {
     let geometry = Geometry::new(slots, slot_size)?;
     let core = Arc::new(Core::create(geometry, when_full)?);
-    let (producer_live, consumer_live) = socket::seqpacket_pair()?;
-    let producer_waiter = Waiter::new(Arc::clone(&core.space_bell), Arc::new(producer_live));
-    let consumer_waiter = Waiter::new(Arc::clone(&core.data_bell), Arc::new(consumer_live));
+    let (producer_socket, consumer_socket) = socket::seqpacket_pair()?;
+    let producer_waiter = Waiter::new(Arc::new(producer_socket));
+    let consumer_waiter = Waiter::new(Arc::new(consumer_socket));
     let producer = Producer {
         end: End::new(Arc::clone(&core), producer_waiter, Role::Producer),
         spare: AtomicU64::new(NONE),
         sequence: 0,
-        claims: 0,
+        checked: Instant::now(),
     };
     let consumer = Consumer { end: End::new(core, consumer_waiter, Role::Consumer), done: None };
     Ok((producer, consumer))
@@ -278,8 +266,8 @@ pub fn channel(
 /// No spare buffer.
 const NONE: u64 = u64::MAX;
 
-/// How often (in claims) a producer that never has to wait looks whether its consumer is gone.
-const LIVENESS_EVERY: u32 = 64;
+/// How often a producer that never has to wait looks whether its consumer is gone.
+const LIVENESS_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -358,14 +346,12 @@ impl End {
 
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let segment = transfer::hold(self.core.memory.segment()).map_err(S::Error::custom)?;
-        let hold = |fd: &Arc<OwnedFd>| transfer::hold_any(Arc::clone(fd) as transfer::Hold);
+        let socket = Arc::clone(&self.waiter.socket) as transfer::Hold;
         let wire = EndWire {
             role: policy_role(self.role),
             segment,
             segment_len: self.core.memory.segment().len() as u64,
-            data_bell: hold(&self.core.data_bell).map_err(S::Error::custom)?,
-            space_bell: hold(&self.core.space_bell).map_err(S::Error::custom)?,
-            live: hold(&self.waiter.live).map_err(S::Error::custom)?,
+            socket: transfer::hold_any(socket).map_err(S::Error::custom)?,
         };
         let done = wire.serialize(serializer)?;
         self.moved.store(true, Ordering::SeqCst);
@@ -383,18 +369,13 @@ impl End {
         }
         let segment =
             transfer::open(wire.segment, wire.segment_len as usize, true).map_err(D::Error::custom)?;
-        let fd = |index| transfer::open_fd(index).map_err(D::Error::custom);
-        let (data_bell, space_bell, live) = (fd(wire.data_bell)?, fd(wire.space_bell)?, fd(wire.live)?);
-        if !socket::is_seqpacket(live.as_fd()) {
-            return Err(D::Error::custom("a ring's liveness descriptor is not a seqpacket socket"));
+        let own = transfer::open_fd(wire.socket).map_err(D::Error::custom)?;
+        if !socket::is_seqpacket(own.as_fd()) {
+            return Err(D::Error::custom("a ring end's socket is not a seqpacket socket"));
         }
-        let core = Core::adopt(segment, data_bell, space_bell).map_err(D::Error::custom)?;
+        let core = Core::adopt(segment).map_err(D::Error::custom)?;
         core.claim_line(role.line());
-        let bell = match role {
-            Role::Producer => Arc::clone(&core.space_bell),
-            Role::Consumer => Arc::clone(&core.data_bell),
-        };
-        Ok(End::new(Arc::new(core), Waiter::new(bell, Arc::new(live)), role))
+        Ok(End::new(Arc::new(core), Waiter::new(Arc::new(own)), role))
     }
 }
 
@@ -404,11 +385,7 @@ impl Drop for End {
             return;
         }
         self.core.side(self.role.line(), at::S_CLOSED).store(1, Ordering::SeqCst);
-        let peer_bell = match self.role {
-            Role::Producer => &self.core.data_bell,
-            Role::Consumer => &self.core.space_bell,
-        };
-        let _ = eventfd::add(peer_bell.as_fd(), 1);
+        wait::ring(&self.waiter.socket);
     }
 }
 
@@ -425,9 +402,8 @@ struct EndWire {
     role: u8,
     segment: u32,
     segment_len: u64,
-    data_bell: u32,
-    space_bell: u32,
-    live: u32,
+    /// Its socket of the ring's pair.
+    socket: u32,
 }
 
 /// The producing end of a ring: one per ring, movable between processes in messages.
@@ -439,7 +415,8 @@ pub struct Producer {
     spare: AtomicU64,
     /// The next frame's sequence number.
     sequence: u64,
-    claims: u32,
+    /// When it last looked whether the consumer is gone.
+    checked: Instant,
 }
 
 impl Producer {
@@ -553,9 +530,11 @@ impl Producer {
         if self.end.peer_closed() {
             return Err(self.end.peer_error());
         }
-        self.claims = self.claims.wrapping_add(1);
-        if self.claims.is_multiple_of(LIVENESS_EVERY) && self.end.waiter.peer_hung_up() {
-            return Err(self.end.peer_error());
+        if self.checked.elapsed() >= LIVENESS_EVERY {
+            self.checked = Instant::now();
+            if self.end.waiter.peer_hung_up() {
+                return Err(self.end.peer_error());
+            }
         }
         let spare = self.spare.swap(NONE, Ordering::Relaxed);
         if spare != NONE {
@@ -579,10 +558,10 @@ impl Producer {
         let header = core.buffer_header(index);
         header[0].store(len as u64, Ordering::Relaxed);
         header[1].store(self.sequence, Ordering::Relaxed);
-        self.sequence += 1;
         core.committed().push(u64::from(index))?;
+        self.sequence = self.sequence.wrapping_add(1);
         core.side(at::PRODUCER, at::S_COMMITS).fetch_add(1, Ordering::Relaxed);
-        wait::wake(core.side(at::CONSUMER, at::S_SLEEPING), &core.data_bell);
+        wait::wake(core.side(at::CONSUMER, at::S_SLEEPING), &self.end.waiter.socket);
         Ok(())
     }
 }
@@ -613,7 +592,7 @@ impl<'de> Deserialize<'de> for Producer {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let end = End::deserialize(deserializer, Role::Producer)?;
         let sequence = end.core.side(at::PRODUCER, at::S_COMMITS).load(Ordering::Relaxed);
-        Ok(Producer { end, spare: AtomicU64::new(NONE), sequence, claims: 0 })
+        Ok(Producer { end, spare: AtomicU64::new(NONE), sequence, checked: Instant::now() })
     }
 }
 
@@ -724,10 +703,11 @@ impl Consumer {
         let header = core.buffer_header(index);
         let (len, sequence) = (header[0].load(Ordering::Relaxed), header[1].load(Ordering::Relaxed));
         if len > core.geometry.slot_size as u64 {
-            core.release(index)?;
+            core.release(index, &self.end.waiter.socket)?;
             return Err(Corrupt("slot length").into());
         }
-        Ok(Some(Slot { core: Arc::clone(core), index, len: len as usize, sequence }))
+        let socket = Arc::clone(&self.end.waiter.socket);
+        Ok(Some(Slot { core: Arc::clone(core), socket, index, len: len as usize, sequence }))
     }
 }
 
@@ -781,6 +761,8 @@ impl<'de> Deserialize<'de> for Consumer {
 /// and move to another thread), so a stream of slots can feed an actor.
 pub struct Slot {
     core: Arc<Core>,
+    /// The consumer's socket, to wake the producer with.
+    socket: Arc<OwnedFd>,
     index: u32,
     len: usize,
     sequence: u64,
@@ -804,7 +786,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Err(e) = self.core.release(self.index) {
+        if let Err(e) = self.core.release(self.index, &self.socket) {
             tracing::error!("could not give a ring slot back: {e}");
         }
     }
@@ -838,8 +820,9 @@ impl SlotMut<'_> {
         if len > slot_size {
             return Err(RingError::TooLarge { len, slot_size });
         }
+        self.producer.commit(self.index, len)?;
         self.committed = true;
-        self.producer.commit(self.index, len)
+        Ok(())
     }
 
     pub(crate) fn bytes_range(&self) -> (usize, usize) {
@@ -1011,7 +994,7 @@ mod tests {
         }
         let (p, c) = (writer.join().unwrap(), consumer.stats());
         assert!(p.sleeps + c.sleeps > 0, "the test must make the sides sleep");
-        assert_eq!((p.safety_timeouts, c.safety_timeouts), (0, 0), "{p:?} {c:?}");
+        assert_eq!((p.lost_wakeups, c.lost_wakeups), (0, 0), "{p:?} {c:?}");
     }
 
     #[tokio::test]
@@ -1039,12 +1022,12 @@ mod tests {
         let (producer, consumer) = channel(2, 8, WhenFull::Block).unwrap();
         let (bytes, holds) =
             transfer::collecting_holds(|| bincode::serialize(&(producer, consumer)).unwrap());
-        assert_eq!(holds.len(), 5, "segment, two bells, two liveness sockets");
+        assert_eq!(holds.len(), 3, "the segment and each end's socket");
         let fds = holds.iter().map(|h| h.fd().try_clone_to_owned().unwrap()).collect();
         drop(holds);
         let (received, opened) =
             transfer::receiving(fds, || bincode::deserialize::<(Producer, Consumer)>(&bytes));
-        assert_eq!(opened, 8, "each end: its segment and three descriptors");
+        assert_eq!(opened, 4, "each end: its segment and its socket");
         let (mut producer, mut consumer) = received.unwrap();
         producer.send(b"moved").unwrap();
         assert_eq!(&*consumer.recv().unwrap(), b"moved");
@@ -1074,5 +1057,43 @@ mod tests {
         let got = consumer.recv();
         assert!(matches!(got, Err(RingError::PeerGone { peer: "producer", .. })), "{got:?}");
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod runtimes {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    /// Receives one frame on `rt`, sent only once the consumer waits (so that it registers).
+    fn wait_for(
+        rt: &tokio::runtime::Runtime,
+        producer: &mut Producer,
+        consumer: &mut Consumer,
+        frame: &[u8],
+    ) {
+        rt.block_on(async {
+            let (got, ()) = tokio::join!(consumer.recv_async(), async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                producer.send(frame).unwrap();
+            });
+            assert_eq!(&*got.unwrap(), frame);
+        });
+    }
+
+    /// An end awaited on one runtime keeps working on the next one, also after the first is gone.
+    #[test]
+    fn an_end_moves_from_one_runtime_to_another() {
+        let (mut producer, mut consumer) = channel(2, 8, WhenFull::Block).unwrap();
+        let first = runtime();
+        wait_for(&first, &mut producer, &mut consumer, b"1");
+        drop(first);
+        wait_for(&runtime(), &mut producer, &mut consumer, b"2");
+        let stats = consumer.stats();
+        assert!(stats.sleeps >= 2, "{stats:?}");
+        assert_eq!((stats.safety_timeouts, stats.lost_wakeups), (0, 0), "{stats:?}");
     }
 }

@@ -17,9 +17,10 @@
 //! waits for it, spinning, then yielding.
 //!
 //! The peer is another process and may be broken or hostile (or killed between those two
-//! instructions): a value is checked against the number of buffers, and a wait or a retry loop
-//! that a peer could prolong by rewriting sequence words gives up after [`GIVE_UP`]; both are
-//! reported as [`Corrupt`].
+//! instructions): a value is checked against the number of buffers, positions and sequences
+//! wrap instead of overflowing, and a wait or a retry loop (also one of lost compare-and-swaps)
+//! that a peer could prolong by rewriting words gives up after [`GIVE_UP`]; both are reported
+//! as [`Corrupt`].
 //!
 //! The protocol is model-checked with loom (every interleaving of a producer, a consumer and an
 //! overwriting producer on a two-buffer ring):
@@ -153,16 +154,19 @@ impl<W: Word> IndexQueue<'_, W> {
             match seen.wrapping_sub(position) as i64 {
                 0 => match self.enqueue.compare_exchange_weak(
                     position,
-                    position + 1,
+                    position.wrapping_add(1),
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
                         slot.store(value, Ordering::Relaxed);
-                        sequence.store(position + 1, Ordering::Release);
+                        sequence.store(position.wrapping_add(1), Ordering::Release);
                         return Ok(());
                     }
-                    Err(now) => position = now,
+                    Err(now) => {
+                        patience.wait(self.name)?;
+                        position = now;
+                    }
                 },
                 // Behind: the cell's last dequeuer has not freed it yet. Ahead: another
                 // enqueuer took this position. Either way, wait a little and look again.
@@ -181,22 +185,25 @@ impl<W: Word> IndexQueue<'_, W> {
         loop {
             let (sequence, slot) = self.cell(position);
             let seen = sequence.load(Ordering::Acquire);
-            match seen.wrapping_sub(position + 1) as i64 {
+            match seen.wrapping_sub(position.wrapping_add(1)) as i64 {
                 0 => match self.dequeue.compare_exchange_weak(
                     position,
-                    position + 1,
+                    position.wrapping_add(1),
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
                         let value = slot.load(Ordering::Relaxed);
-                        sequence.store(position + self.capacity(), Ordering::Release);
+                        sequence.store(position.wrapping_add(self.capacity()), Ordering::Release);
                         return match value < self.bound {
                             true => Ok(Some(value)),
                             false => Err(Corrupt(self.name)),
                         };
                     }
-                    Err(now) => position = now,
+                    Err(now) => {
+                        patience.wait(self.name)?;
+                        position = now;
+                    }
                 },
                 d if d < 0 => return Ok(None),
                 _ => {
@@ -210,7 +217,7 @@ impl<W: Word> IndexQueue<'_, W> {
     /// Whether a value is ready at the head (a hint: it may be taken by the time one looks).
     pub(crate) fn looks_non_empty(&self) -> bool {
         let position = self.dequeue.load(Ordering::Relaxed);
-        self.cell(position).0.load(Ordering::Acquire) == position + 1
+        self.cell(position).0.load(Ordering::Acquire) == position.wrapping_add(1)
     }
 }
 
@@ -266,6 +273,20 @@ mod tests {
         q.init();
         q.push(7).unwrap();
         assert_eq!(q.pop(), Err(Corrupt("test queue")));
+    }
+
+    #[test]
+    fn positions_written_by_a_peer_at_the_end_of_the_range_wrap_instead_of_panicking() {
+        let words = Words::new(2);
+        let q = words.queue(3);
+        q.init();
+        for word in [q.enqueue, q.dequeue] {
+            word.store(u64::MAX, Ordering::Relaxed);
+        }
+        q.cells[2].store(u64::MAX, Ordering::Relaxed);
+        let _ = q.looks_non_empty();
+        let _ = q.pop();
+        let _ = q.push(1);
     }
 
     #[test]

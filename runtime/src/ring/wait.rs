@@ -1,13 +1,18 @@
 //! How one side of a ring waits for the other: a short spin, then "I sleep" in the ring, a
-//! re-check, and a sleep on its eventfd (rung by the other side only after it saw "I sleep")
-//! and on its liveness socket (hung up when the other side's holders are all gone), with a
-//! safety timeout.
+//! re-check, and a sleep on its end of the ring's socket pair, with a safety timeout.
+//!
+//! The socket pair is the ring's doorbell and its liveness signal at once: each end holds one
+//! socket; a side wakes the other by sending a one-byte datagram on its own socket (only after
+//! it saw "I sleep"), and when every holder of one socket is gone (a killed process included),
+//! the other reads a hang-up. Each send and receive is `MSG_DONTWAIT` by itself, whatever
+//! flags a peer sets on the shared open file description; a full socket buffer means a wake-up
+//! is already pending. Descriptors a peer might attach are closed on receipt.
 //!
 //! The protocol is Dekker's: the sleeper stores its flag, fences, and re-checks the ring; the
 //! other side publishes, fences, and reads the flag. With both fences sequentially consistent,
 //! at least one of them sees the other's store: the sleeper finds the work, or the waker rings.
 
-use crate::sys::{eventfd, reactor, socket};
+use crate::sys::{reactor, socket};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -30,7 +35,7 @@ const SPIN_ROUNDS: u32 = 64;
 pub(crate) enum Woke {
     /// Look again: the condition may hold (a wake-up, or a spin that saw it).
     Look,
-    /// Every holder of the other side's liveness socket is gone.
+    /// Every holder of the other side's socket is gone.
     HungUp,
     /// The caller's deadline passed.
     TimedOut,
@@ -47,19 +52,21 @@ pub(crate) struct Counts {
 /// What one end waits with.
 #[derive(Debug)]
 pub(crate) struct Waiter {
-    /// This side's eventfd, rung by the other side.
-    pub bell: Arc<OwnedFd>,
-    /// This side's end of the liveness socket pair.
-    pub live: Arc<OwnedFd>,
+    /// This side's socket of the ring's pair: the other side's doorbell rings here, and it
+    /// hangs up when the other side is gone.
+    pub socket: Arc<OwnedFd>,
     pub counts: Counts,
     registered: Option<Registered>,
 }
 
 #[derive(Debug)]
 struct Registered {
-    bell: AsyncFd<reactor::Owner<Arc<OwnedFd>>>,
-    live: AsyncFd<reactor::Owner<Arc<OwnedFd>>>,
+    /// The runtime whose reactor holds the registration.
+    runtime: tokio::runtime::Id,
+    socket: AsyncFd<reactor::Owner<Arc<OwnedFd>>>,
     safety: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether a doorbell was read since the safety timer was set.
+    rung: bool,
 }
 
 /// Whether spinning can pay: another CPU may be running the other side. (Asked each time:
@@ -84,29 +91,53 @@ fn spin(ready: &impl Fn() -> bool) -> bool {
     ready()
 }
 
-/// Rings `bell` if the side whose flag is `sleeping` said it sleeps. Call after publishing.
-pub(crate) fn wake(sleeping: &AtomicU64, bell: &OwnedFd) {
+/// Rings the other side's doorbell (through `own`, this side's socket of the pair) if the
+/// other side's flag `sleeping` says it sleeps. Call after publishing.
+pub(crate) fn wake(sleeping: &AtomicU64, own: &OwnedFd) {
     fence(Ordering::SeqCst);
     if sleeping.load(Ordering::Relaxed) != 0 && sleeping.swap(0, Ordering::SeqCst) != 0 {
-        let _ = eventfd::add(bell.as_fd(), 1);
+        ring(own);
     }
 }
 
+/// Sends one doorbell datagram on `own`. A full buffer (a wake-up is pending) and a gone peer
+/// are both fine.
+pub(crate) fn ring(own: &OwnedFd) {
+    let _ = socket::send_datagram(own.as_fd(), &[b"!"], &[]);
+}
+
 impl Waiter {
-    pub(crate) fn new(bell: Arc<OwnedFd>, live: Arc<OwnedFd>) -> Waiter {
-        Waiter { bell, live, counts: Counts::default(), registered: None }
+    pub(crate) fn new(socket: Arc<OwnedFd>) -> Waiter {
+        Waiter { socket, counts: Counts::default(), registered: None }
     }
 
-    /// Whether every holder of the other side's liveness socket is gone.
+    /// Reads every pending doorbell (closing any descriptor a peer attached); whether there
+    /// was one, and whether the other side hung up.
+    fn drain(&self) -> (bool, bool) {
+        let mut buf = [0u8; 8];
+        let mut rung = false;
+        // Bounded: a peer that keeps sending cannot keep us here.
+        for _ in 0..64 {
+            match socket::recv_datagram(self.socket.as_fd(), &mut buf) {
+                // The end of the stream reads as an empty datagram, again and again.
+                Ok(received)
+                    if received.len == 0
+                        && received.fds.is_empty()
+                        && socket::peer_hung_up(self.socket.as_fd()) =>
+                {
+                    return (rung, true)
+                }
+                Ok(_) => rung = true,
+                Err(_) => break,
+            }
+        }
+        (rung, socket::peer_hung_up(self.socket.as_fd()))
+    }
+
+    /// Whether every holder of the other side's socket is gone. Drains pending doorbells
+    /// first, so that a descriptor a peer sent along cannot keep its own socket alive.
     pub(crate) fn peer_hung_up(&self) -> bool {
-        socket::peer_hung_up(self.live.as_fd())
-    }
-
-    /// Something the liveness socket says that is not a hang-up: data no correct peer sends.
-    /// Read it and drop it, so that polling does not spin on it.
-    fn discard_junk(&self) {
-        let mut buf = [0u8; 64];
-        while socket::recv_datagram(self.live.as_fd(), &mut buf).is_ok_and(|r| r.len > 0) {}
+        self.drain().1
     }
 
     /// Blocks until `ready` may hold, the other side is gone, or `deadline`.
@@ -137,17 +168,18 @@ impl Waiter {
                 None => SAFETY_TIMEOUT,
             };
             self.counts.sleeps.fetch_add(1, Ordering::Relaxed);
-            let woke = socket::wait_readable(&[self.bell.as_fd(), self.live.as_fd()], timeout);
+            let woke = socket::wait_readable(&[self.socket.as_fd()], timeout);
             sleeping.store(0, Ordering::Relaxed);
             match woke? {
-                Some(0) => {
-                    eventfd::take(self.bell.as_fd())?;
-                    return Ok(Woke::Look);
+                Some(_) => {
+                    let (rung, hung_up) = self.drain();
+                    if rung || !hung_up {
+                        return Ok(Woke::Look);
+                    }
+                    return Ok(Woke::HungUp);
                 }
-                Some(_) if self.peer_hung_up() => return Ok(Woke::HungUp),
-                Some(_) => self.discard_junk(),
                 None => {
-                    if self.timed_out(&ready) {
+                    if self.timed_out(&ready, false) {
                         return Ok(Woke::Look);
                     }
                 }
@@ -155,79 +187,93 @@ impl Waiter {
         }
     }
 
-    /// Counts a safety timeout; whether it found work (a lost wake-up).
-    fn timed_out(&self, ready: &impl Fn() -> bool) -> bool {
+    /// Counts a safety timeout; whether it found work (then, unless a doorbell was read, a
+    /// wake-up that was lost or very late).
+    fn timed_out(&self, ready: &impl Fn() -> bool, rung: bool) -> bool {
         self.counts.safety_timeouts.fetch_add(1, Ordering::Relaxed);
-        let lost = ready();
-        if lost {
+        let found = ready();
+        if found && !rung {
             self.counts.lost_wakeups.fetch_add(1, Ordering::Relaxed);
         }
-        lost
+        found
     }
 
-    /// The waits since the last successful look are over: the safety timer starts afresh.
+    /// A look found work: the waits before it are over. A safety timer that had expired by then
+    /// (the task was woken by it, not by a doorbell) is counted here, where the look happens.
     pub(crate) fn settled(&mut self) {
         if let Some(registered) = &mut self.registered {
-            registered.safety = None;
+            if let Some(safety) = registered.safety.take() {
+                if safety.is_elapsed() {
+                    self.counts.safety_timeouts.fetch_add(1, Ordering::Relaxed);
+                    if !registered.rung {
+                        self.counts.lost_wakeups.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            registered.rung = false;
         }
     }
 
-    /// As [`sleep`](Self::sleep), for a task: registers this end's descriptors with the current
-    /// tokio runtime's reactor on first use.
+    /// The registration with the current runtime's reactor, made again when the end is used
+    /// on another runtime than before.
+    fn registered(&mut self) -> io::Result<&mut Registered> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?.id();
+        if self.registered.as_ref().is_none_or(|r| r.runtime != runtime) {
+            self.registered = None;
+            let socket = reactor::register(Arc::clone(&self.socket))?;
+            self.registered = Some(Registered { runtime, socket, safety: None, rung: false });
+        }
+        Ok(self.registered.as_mut().expect("registered above"))
+    }
+
+    /// As [`sleep`](Self::sleep), for a task: registers this end's socket with the current
+    /// tokio runtime's reactor on first use (and again on another runtime).
+    ///
+    /// # Errors
+    /// Outside a tokio runtime, or when the reactor refuses the socket.
     ///
     /// # Panics
-    /// Outside a tokio runtime with I/O and time enabled (actix's arbiters are such runtimes).
+    /// In a tokio runtime without time enabled (actix's arbiters have it).
     pub(crate) fn poll_sleep(
         &mut self,
         cx: &mut Context<'_>,
         sleeping: &AtomicU64,
         ready: impl Fn() -> bool,
     ) -> Poll<io::Result<Woke>> {
-        if self.registered.is_none() {
-            let bell = reactor::register(Arc::clone(&self.bell))?;
-            let live = reactor::register(Arc::clone(&self.live))?;
-            self.registered = Some(Registered { bell, live, safety: None });
-        }
-        sleeping.store(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if ready() {
-            sleeping.store(0, Ordering::Relaxed);
-            return Poll::Ready(Ok(Woke::Look));
-        }
-        let registered = self.registered.as_mut().expect("registered above");
-        // The liveness socket is readable only when it hangs up (or a broken peer writes to
-        // it): no system call on this path while the other side lives.
-        if let Poll::Ready(guard) = registered.live.poll_read_ready(cx) {
-            let mut guard = guard?;
-            if socket::peer_hung_up(self.live.as_fd()) {
+        loop {
+            self.registered()?;
+            sleeping.store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if ready() {
                 sleeping.store(0, Ordering::Relaxed);
-                return Poll::Ready(Ok(Woke::HungUp));
-            }
-            guard.clear_ready();
-            let mut buf = [0u8; 64];
-            while socket::recv_datagram(self.live.as_fd(), &mut buf).is_ok_and(|r| r.len > 0) {}
-            return Poll::Ready(Ok(Woke::Look));
-        }
-        if let Poll::Ready(guard) = registered.bell.poll_read_ready(cx) {
-            let mut guard = guard?;
-            let taken = eventfd::take(self.bell.as_fd())?;
-            guard.clear_ready();
-            sleeping.store(0, Ordering::Relaxed);
-            if taken.is_some() {
-                registered.safety = None;
                 return Poll::Ready(Ok(Woke::Look));
             }
-            // Readiness that was already consumed: register interest again.
-            return self.poll_sleep(cx, sleeping, ready);
+            let registered = self.registered.as_mut().expect("registered above");
+            if let Poll::Ready(guard) = registered.socket.poll_read_ready(cx) {
+                let mut guard = guard?;
+                guard.clear_ready();
+                let (rung, hung_up) = self.drain();
+                let registered = self.registered.as_mut().expect("registered above");
+                registered.rung |= rung;
+                if rung || hung_up {
+                    sleeping.store(0, Ordering::Relaxed);
+                    return Poll::Ready(Ok(if rung || !hung_up { Woke::Look } else { Woke::HungUp }));
+                }
+                // Readiness that was already consumed: look again, registering interest anew.
+                continue;
+            }
+            self.counts.sleeps.fetch_add(1, Ordering::Relaxed);
+            let safety =
+                registered.safety.get_or_insert_with(|| Box::pin(tokio::time::sleep(SAFETY_TIMEOUT)));
+            if safety.as_mut().poll(cx).is_ready() {
+                let rung = registered.rung;
+                registered.safety = None;
+                registered.rung = false;
+                sleeping.store(0, Ordering::Relaxed);
+                self.timed_out(&ready, rung);
+                return Poll::Ready(Ok(Woke::Look));
+            }
+            return Poll::Pending;
         }
-        self.counts.sleeps.fetch_add(1, Ordering::Relaxed);
-        let safety = registered.safety.get_or_insert_with(|| Box::pin(tokio::time::sleep(SAFETY_TIMEOUT)));
-        if safety.as_mut().poll(cx).is_ready() {
-            registered.safety = None;
-            sleeping.store(0, Ordering::Relaxed);
-            self.timed_out(&ready);
-            return Poll::Ready(Ok(Woke::Look));
-        }
-        Poll::Pending
     }
 }
