@@ -87,8 +87,10 @@ pub trait Batches<M: RemoteMessage>: Handles<Batch<M>> {}
 /// How many tasks go in one batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BatchSize {
-    /// Grow batches until one takes about 2 ms in the worker, so that the cost of a message
-    /// does not dominate tiny tasks; never so large that a worker would sit idle at the end.
+    /// Grow batches until one takes about 8 ms from sending to reply (with the default two
+    /// batches in flight, about 4 ms of work), so that neither the cost of a message nor the
+    /// parent's wake-up per reply (which takes a CPU from a worker) dominates; never so large
+    /// that a worker would sit idle at the end.
     #[default]
     Auto,
     /// Always this many (at least 1).
@@ -244,7 +246,9 @@ impl Lane {
 }
 
 /// How long an automatic batch aims to take in the worker.
-const BATCH_TARGET: Duration = Duration::from_millis(2);
+/// Measured on 2 CPUs at 8,760 tasks of ~25 us: 2 ms (about 100 batches per worker) cost
+/// 15-30% against the same map on threads; 8 ms is within a few percent.
+const BATCH_TARGET: Duration = Duration::from_millis(8);
 /// The largest automatic batch.
 const MAX_BATCH: usize = 4096;
 

@@ -128,6 +128,8 @@ impl Waiter {
                     return (rung, true)
                 }
                 Ok(_) => rung = true,
+                // Nothing pending: at the end of the stream `recv` would have read 0 instead.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (rung, false),
                 Err(_) => break,
             }
         }
