@@ -27,7 +27,8 @@
 //! request/reply loops over raw ipc-channel children. `weather_hours` is seed 003's workload at
 //! 1e6 x 16 (warm map phase, and `weather_hours_cold`: the whole job) against Python's
 //! `multiprocessing.Pool(2)` with numpy (`benches/python/weather_hours.py`; skipped without
-//! python3 and numpy).
+//! python3 and numpy). `weather_hours_vs_threads` holds the farm's warm map at the original
+//! 1e7 x 16 against the same map on as many threads of one process: the machine's limit.
 //!
 //! `ring_1MiB_frames`, `ring_wakeup` and `ring_small_msgs` (in `compare/rings.rs`, whose docs
 //! describe them) hold rings against a single-process memcpy, a hand-written eventfd ping-pong
@@ -98,21 +99,26 @@ struct Hour(usize);
 
 impl ProcessHandler<Hour> for Station {
     fn handle(&mut self, Hour(hour): Hour, _: &mut ProcessContext<Self>) -> (f64, f64) {
-        let rows = self.data.len() / COLUMNS;
-        let (first, last) = (hour * rows / HOURS, (hour + 1) * rows / HOURS);
-        let mut sums = [0.0f64; COLUMNS];
-        let mut maxes = [f64::NEG_INFINITY; COLUMNS];
-        for row in self.data[first * COLUMNS..last * COLUMNS].chunks_exact(COLUMNS) {
-            for c in 0..COLUMNS {
-                sums[c] += row[c];
-                if row[c] > maxes[c] {
-                    maxes[c] = row[c];
-                }
+        summarise(&self.data, hour)
+    }
+}
+
+/// Mean of the row sums and the largest value of one hour's block of rows.
+fn summarise(data: &[f64], hour: usize) -> (f64, f64) {
+    let rows = data.len() / COLUMNS;
+    let (first, last) = (hour * rows / HOURS, (hour + 1) * rows / HOURS);
+    let mut sums = [0.0f64; COLUMNS];
+    let mut maxes = [f64::NEG_INFINITY; COLUMNS];
+    for row in data[first * COLUMNS..last * COLUMNS].chunks_exact(COLUMNS) {
+        for c in 0..COLUMNS {
+            sums[c] += row[c];
+            if row[c] > maxes[c] {
+                maxes[c] = row[c];
             }
         }
-        let max = maxes.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (sums.iter().sum::<f64>() / (last - first).max(1) as f64, max)
     }
+    let max = maxes.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (sums.iter().sum::<f64>() / (last - first).max(1) as f64, max)
 }
 
 fn weather_input(rows: usize) -> SharedSlice<f64> {
@@ -893,6 +899,46 @@ fn weather_hours(rt: &actix_rt::SystemRunner, reps: usize) -> Vec<Row> {
     ]
 }
 
+/// Seed 003 at its original size (1e7 x 16, 1.28 GB): the farm's warm map against the same map
+/// on as many threads of one process (contiguous shares of the hours), over the same array.
+/// Both are bound by memory bandwidth: this row shows what the farm's processes cost on top.
+fn weather_hours_vs_threads(rt: &actix_rt::SystemRunner, reps: usize) -> Row {
+    const ROWS: usize = 10_000_000;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let input = weather_input(ROWS);
+    let shared = input.clone();
+    let config = FarmConfig { workers, progress: false, ..FarmConfig::default() };
+    let farm = rt.block_on(Farm::start(config, move |_| Station { data: shared.clone() })).unwrap();
+    let expected = rt.block_on(farm.map((0..HOURS).map(Hour))).unwrap(); // workers warm
+    let threads = |data: &[f64]| -> Vec<(f64, f64)> {
+        std::thread::scope(|scope| {
+            let shares: Vec<_> = (0..workers)
+                .map(|w| {
+                    let hours = w * HOURS / workers..(w + 1) * HOURS / workers;
+                    scope.spawn(move || hours.map(|hour| summarise(data, hour)).collect::<Vec<_>>())
+                })
+                .collect();
+            shares.into_iter().flat_map(|share| share.join().unwrap()).collect()
+        })
+    };
+    assert_eq!(threads(&input), expected); // this process's view warm too
+    let (ens, base) = interleave(
+        reps,
+        || {
+            let start = Instant::now();
+            assert_eq!(rt.block_on(farm.map((0..HOURS).map(Hour))).unwrap().len(), HOURS);
+            per_op(start, 1)
+        },
+        || {
+            let start = Instant::now();
+            assert_eq!(threads(&input).len(), HOURS);
+            per_op(start, 1)
+        },
+    );
+    rt.block_on(farm.shutdown()).unwrap();
+    Row { scenario: "weather_hours_vs_threads".into(), ensemble: ens, baseline: base, target: Some(1.15) }
+}
+
 /// Adds the row named after the scenario, carrying the worse of its two placements.
 fn worst_of(rows: &mut Vec<Row>, scenario: &str) {
     let worst = rows
@@ -1007,6 +1053,9 @@ fn main() {
     }
     if wanted("farm_tiny_tasks") {
         farm_rows.push(farm_tiny_tasks(&rt, if quick { 3 } else { 9 }));
+    }
+    if wanted("weather_hours_vs_threads") {
+        farm_rows.push(weather_hours_vs_threads(&rt, if quick { 5 } else { 15 }));
     }
     if wanted("weather_hours") {
         farm_rows.extend(weather_hours(&rt, if quick { 3 } else { 9 }));
