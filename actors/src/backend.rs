@@ -14,6 +14,7 @@ use crate::dispatch::{catching, install_panic_hook, with_backtrace, Delivery, Di
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Handler, WrapFuture};
 use ensemble_runtime::child::ChildBoot;
 use ensemble_runtime::error_chain;
+use ensemble_runtime::logs;
 use ensemble_runtime::transport::{Admission, Frame, LinkDriver, Payload, ReadError};
 use ensemble_runtime::wire::{self, Failure, ToChild, ToParent};
 use ensemble_runtime::Outbox;
@@ -33,7 +34,7 @@ pub const EXIT_START_FAILED: i32 = 1;
 ///
 /// Referenced by the registry entry that `#[derive(ProcessActor)]` emits.
 pub fn run_child<A: ProcessActor>(mut boot: ChildBoot) -> i32 {
-    init_logging(boot.stderr_is_terminal);
+    init_logging();
     let span = tracing::info_span!("actor", name = %boot.name, pid = std::process::id());
     let _entered = span.enter();
     install_panic_hook();
@@ -47,6 +48,7 @@ pub fn run_child<A: ProcessActor>(mut boot: ChildBoot) -> i32 {
         }
     };
     let link = Arc::clone(&boot.link);
+    let name = boot.name.clone();
     let shared = Arc::new(ContextShared {
         name: boot.name.clone(),
         outbox: Outbox::new(Arc::clone(&link)),
@@ -54,7 +56,7 @@ pub fn run_child<A: ProcessActor>(mut boot: ChildBoot) -> i32 {
     });
     drop(boot);
     let system = actix_rt::System::new();
-    let started = system.block_on(start(state, shared));
+    let started = system.block_on(start(state, Arc::clone(&shared)));
     if !started {
         let _ = link.flush_blocking(LAST_WORDS);
         return EXIT_START_FAILED;
@@ -66,8 +68,11 @@ pub fn run_child<A: ProcessActor>(mut boot: ChildBoot) -> i32 {
             EXIT_START_FAILED
         }
     };
-    // Replies and events still queued leave before the process does.
-    let _ = link.flush_blocking(LAST_WORDS);
+    // Log lines, replies and events still queued leave before the process does.
+    flush_logs(&shared);
+    if link.flush_blocking(LAST_WORDS).is_err() {
+        logs::spill_to_stderr(&name);
+    }
     code
 }
 
@@ -192,6 +197,11 @@ struct Backend<A: ProcessActor> {
 impl<A: ProcessActor> Actor for Backend<A> {
     type Context = actix::Context<Self>;
 
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Lines logged outside handlers (timers, threads the actor started) leave regularly.
+        ctx.run_interval(logs::FLUSH_EVERY, |act, _| flush_logs(act.ctx_shared()));
+    }
+
     fn stopped(&mut self, _: &mut Self::Context) {
         match self.state.try_borrow_mut() {
             Ok(mut state) => {
@@ -288,13 +298,22 @@ impl<A: ProcessActor> Backend<A> {
         ctx: &mut actix::Context<Self>,
     ) {
         let delivery = Delivery { id, transfer: wire::transfer_of(&frame) };
+        // A call's span names it, so that the parent re-emits the handler's log lines in the
+        // span the call was made in.
+        let span = match id {
+            Some(id) => tracing::info_span!("call", ensemble.call = id),
+            None => tracing::Span::none(),
+        };
         match A::HANDLERS.get(tag as usize) {
             Some(Dispatch::Sync(entry)) => {
-                let outcome = entry(&mut self.state.borrow_mut(), &frame[at..], fds, &mut self.ctx, delivery);
+                let outcome = span.in_scope(|| {
+                    entry(&mut self.state.borrow_mut(), &frame[at..], fds, &mut self.ctx, delivery)
+                });
                 self.finish(id, outcome, ctx);
             }
             Some(Dispatch::Async(entry)) => {
                 let future = entry(Rc::clone(&self.state), frame, at, fds, self.ctx.clone(), delivery);
+                let future = tracing::Instrument::instrument(future, span);
                 self.busy = true;
                 ctx.wait(future.into_actor(self).map(move |outcome, act, ctx| {
                     act.busy = false;
@@ -326,6 +345,8 @@ impl<A: ProcessActor> Backend<A> {
             }
         };
         if let Some(encoded) = encoded {
+            // The handler's log lines go first: the parent has them before the reply.
+            flush_logs(self.ctx_shared());
             if let Err(e) = self.ctx_shared().outbox.send_encoded(encoded, Admission::Control) {
                 tracing::debug!("cannot reply, the parent is gone: {e}");
                 self.stop(ctx);
@@ -356,12 +377,19 @@ async fn finish_handovers(shared: &ContextShared) {
     }
 }
 
-fn init_logging(ansi: bool) {
+/// A child's log lines go to its parent's subscriber ([`ensemble_runtime::logs`]), filtered
+/// here by `RUST_LOG` (default `info`).
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(filter).with(logs::ForwardLayer).try_init();
+}
+
+/// Sends the log lines queued so far to the parent, ahead of whatever is sent next.
+fn flush_logs(shared: &ContextShared) {
+    if let Some(batch) = logs::take_batch() {
+        let _ = shared.outbox.send(&ToParent::Logs, &batch, Admission::Control);
+    }
 }

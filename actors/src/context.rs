@@ -55,6 +55,10 @@ impl<A: ProcessActor> ProcessContext<A> {
     /// # Errors
     /// [`SendOutError`] when the event does not encode, the queue is full or the parent is gone.
     pub fn send_out(&self, event: A::Event) -> Result<(), SendOutError> {
+        // Log lines logged before the event arrive before it.
+        if let Some(batch) = ensemble_runtime::logs::take_batch() {
+            let _ = self.shared.outbox.send(&ToParent::Logs, &batch, Admission::Control);
+        }
         self.shared.outbox.send(&ToParent::Event, &event, Admission::Bounded).map_err(|e| match e {
             SendError::Encode(e) => SendOutError::Encode(e),
             SendError::Full => SendOutError::Full,

@@ -6,7 +6,7 @@ use std::fmt;
 use std::os::unix::fs::MetadataExt;
 
 /// Version of the handshake and wire format. Bumped whenever a frame changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Environment variable mixed into the build identity. Two processes whose values differ refuse
 /// each other, which lets a deployment tell apart builds that share an executable path.

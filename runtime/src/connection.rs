@@ -161,6 +161,9 @@ enum Home {
 struct State {
     next_id: u64,
     pending: HashMap<u64, oneshot::Sender<Result<Body, CallFailure>>>,
+    /// The span each pending call was made in (when there was one): the child's log lines for
+    /// the call are re-emitted in it.
+    spans: HashMap<u64, tracing::Span>,
     stopping: bool,
     broken: Option<ProtocolError>,
     exit: Option<ExitInfo>,
@@ -213,6 +216,10 @@ impl Connection {
             state.next_id += 1;
             let id = state.next_id;
             state.pending.insert(id, tx);
+            let span = tracing::Span::current();
+            if !span.is_none() {
+                state.spans.insert(id, span);
+            }
             id
         };
         let pending = PendingCall { id, rx, core: Arc::clone(&self.core) };
@@ -387,6 +394,13 @@ impl Core {
             ToParent::Event => {
                 let _ = self.events.unbounded_send(body);
             }
+            ToParent::Logs => match wire::decode_body::<crate::logs::LogBatch>(body.bytes()) {
+                Ok(batch) => {
+                    let span_of = |call| self.lock().spans.get(&call).cloned();
+                    crate::logs::emit(self.process.name(), self.process.pid(), batch, span_of);
+                }
+                Err(e) => self.violation(ProtocolError::Undecodable(format!("log lines: {e}"))),
+            },
             ToParent::Ack { transfer } => self.outbox.acknowledged(transfer),
             other => self.violation(ProtocolError::Unexpected(format!("{other:?} after the handshake"))),
         }
@@ -402,7 +416,12 @@ impl Core {
             }
         };
         // A reply to a call nobody waits for any more (dropped, timed out) is discarded.
-        if let Some(tx) = self.lock().pending.remove(&id) {
+        let sender = {
+            let mut state = self.lock();
+            state.spans.remove(&id);
+            state.pending.remove(&id)
+        };
+        if let Some(tx) = sender {
             let _ = tx.send(result);
         }
     }
@@ -413,6 +432,7 @@ impl Core {
         let (pending, waiters, broken) = {
             let mut state = self.lock();
             state.exit = Some(exit.clone());
+            state.spans.clear();
             (
                 std::mem::take(&mut state.pending),
                 std::mem::take(&mut state.exit_waiters),
@@ -585,7 +605,9 @@ impl Future for PendingCall {
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
-        self.core.lock().pending.remove(&self.id);
+        let mut state = self.core.lock();
+        state.pending.remove(&self.id);
+        state.spans.remove(&self.id);
     }
 }
 

@@ -17,6 +17,7 @@ pub mod build;
 pub mod child;
 mod connection;
 pub mod io_thread;
+pub mod logs;
 mod outbox;
 mod process;
 pub mod ring;

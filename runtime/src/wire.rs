@@ -73,6 +73,8 @@ pub enum ToParent {
     },
     /// An event pushed by the backend.
     Event,
+    /// Log lines of the child (the body is a [`LogBatch`](crate::logs::LogBatch)).
+    Logs,
     /// The child holds the segments of the parent's hand-over `transfer`.
     Ack {
         /// The hand-over acknowledged.
