@@ -7,8 +7,8 @@
 //! shared between processes through inheritance"); the workaround is a `Manager`, a server
 //! process that owns the lock and the queue and proxies every `acquire` and `put`.
 //!
-//! Here the lock (a [`SharedMutex`], a robust pthread mutex in shared memory) and the queue (a
-//! [`Queue`], one datagram per message on a socket pair) are kernel objects whose descriptors
+//! Here the lock (a [`SharedMutex`], a value in shared memory under a kernel file lock) and the
+//! queue (a [`Queue`], one datagram per message on a socket pair) are kernel objects whose descriptors
 //! travel attached to the messages that carry them, so all four of the seed's combinations
 //! work, and none needs a manager:
 //!

@@ -69,7 +69,7 @@
 //!   takes them down with it, without post_run ([`Hooks`] says when post_run runs).
 //! - **Streams and shared primitives.** A [`ring`]'s frames are never read half-written and a
 //!   slot being read is never written; a killed peer is reported to the other end at once
-//!   ([`ring::RingError::PeerGone`]), never a wait for ever. [`sync`]'s mutex is robust (a
+//!   ([`ring::RingError::PeerGone`]), never a wait for ever. [`sync`]'s mutex is a kernel lock (a
 //!   holder killed while holding it is reported to the next locker, never a deadlock); its
 //!   queue's messages are single datagrams (a producer killed mid-put sent all or nothing).
 //! - **Builds.** The handshake checks the protocol version and the identity of the
@@ -120,7 +120,7 @@ pub use ensemble_runtime::shm::{SegmentError, SharedSlice, SharedSliceMut};
 /// (re-export of `ensemble_runtime::ring`; its docs list the guarantees).
 pub use ensemble_runtime::ring;
 
-/// Synchronisation that travels in messages: events, semaphores, robust shared mutexes, queues
+/// Synchronisation that travels in messages: events, semaphores, shared mutexes, queues
 /// (re-export of `ensemble_runtime::sync`; its docs list the guarantees).
 pub use ensemble_runtime::sync;
 

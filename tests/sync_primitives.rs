@@ -1,4 +1,4 @@
-//! Events, semaphores, robust mutexes and queues shared by real processes: each handle travels
+//! Events, semaphores, shared mutexes and queues shared by real processes: each handle travels
 //! in a message (or a farm's task) to worker processes, which use the same kernel object as
 //! the parent. A holder killed while it holds a mutex does not deadlock the others; queues
 //! lose and duplicate nothing, also with several producers, and survive stray bytes.

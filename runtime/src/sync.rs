@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | [`Event`] | an eventfd (count > 0 is "set") | `multiprocessing.Event`, `threading.Event` |
 //! | [`Semaphore`] | an `EFD_SEMAPHORE` eventfd | `multiprocessing.Semaphore`, `tokio::sync::Semaphore` |
-//! | [`SharedMutex<T>`] | a robust process-shared pthread mutex and a `T` in a memfd | `std::sync::Mutex<T>`, `multiprocessing.Lock` + `Value` |
+//! | [`SharedMutex<T>`] | a `T` in a memfd, locked with an open-file-description lock on it | `std::sync::Mutex<T>`, `multiprocessing.Lock` + `Value` |
 //! | [`Queue<T>`] | a `SOCK_SEQPACKET` socket pair, one datagram per message | `multiprocessing.Queue` |
 //!
 //! Guarantees, and what differs:
@@ -23,16 +23,22 @@
 //! - A handle is serialized only inside an ensemble message (elsewhere it is an error, so that
 //!   handles are not forged from bytes), decoded only with its descriptor, and a received
 //!   descriptor is checked to be the right kind of object (an eventfd, a seqpacket socket, a
-//!   memfd of the right size holding a mutex) before use.
+//!   memfd of the right size holding a mutex; an eventfd with `EFD_SEMAPHORE` for a semaphore and
+//!   without for an event, where `/proc/self/fdinfo` says) before use.
+//! - Whatever a peer holding the same object does to it (writes in a mutex's memory, clears
+//!   `O_NONBLOCK` on a shared eventfd, sends oversized or odd datagrams on a queue) cannot make
+//!   this process crash or hang in a `try_` form or past a timeout; it can only change the
+//!   values it shares (and a mutex's `owner_died` flag).
 //! - Every operation comes in four forms: `try_` (never waits), blocking, `_timeout`, and
 //!   `_async`. Blocking waits are `poll` loops with bounded slices (never an untimed futex
 //!   wait); async waits never block the thread: descriptors are watched by tokio's reactor, and
-//!   the mutex, which the kernel offers nothing pollable for, is tried with a short backoff.
-//!   Do not call the blocking forms on an actix arbiter that others share.
-//! - What a crash does: a mutex whose holder dies is recovered by the next locker, which is
-//!   told ([`MutexGuard::owner_died`]); a semaphore permit held by a dead process is lost
-//!   (see [`Semaphore`]); a queue message is one datagram, so a producer killed mid-put has sent
-//!   all of it or none of it.
+//!   the mutex, which the kernel offers nothing pollable for, is tried with a short backoff
+//!   (its blocking forms too). Do not call the blocking forms on an actix arbiter that others
+//!   share.
+//! - What a crash does: a mutex whose holder dies is released by the kernel and taken by the
+//!   next locker, which is told ([`MutexGuard::owner_died`]); a semaphore permit held by a dead
+//!   process is lost (see [`Semaphore`]); a queue message is one datagram, so a producer
+//!   killed mid-put has sent all of it or none of it.
 
 mod error;
 mod event;
@@ -40,7 +46,7 @@ mod mutex;
 mod queue;
 mod semaphore;
 
-pub use crate::sys::robust_mutex::MutexGuard;
+pub use crate::sys::ofd_mutex::MutexGuard;
 pub use error::{LockError, QueueError, SyncError, TryPutError};
 pub use event::Event;
 pub use mutex::SharedMutex;
@@ -268,6 +274,17 @@ mod tests {
         let (socket, _peer) = socket::seqpacket_pair().unwrap();
         let err = received::<Event>(&bytes, vec![socket]).unwrap_err().to_string();
         assert!(err.contains("the descriptor of a received Event is not an eventfd"), "{err}");
+        if crate::sys::eventfd::is_semaphore(crate::sys::eventfd::create(0, true).unwrap().as_fd()).is_some()
+        {
+            let (bytes, _) = sent(&Event::new().unwrap());
+            let fds = vec![crate::sys::eventfd::create(0, true).unwrap()];
+            let err = received::<Event>(&bytes, fds).unwrap_err().to_string();
+            assert!(err.contains("a received Event is not an eventfd without EFD_SEMAPHORE"), "{err}");
+            let (bytes, _) = sent(&Semaphore::new(0).unwrap());
+            let fds = vec![crate::sys::eventfd::create(0, false).unwrap()];
+            let err = received::<Semaphore>(&bytes, fds).unwrap_err().to_string();
+            assert!(err.contains("a received Semaphore is not an EFD_SEMAPHORE eventfd"), "{err}");
+        }
         let (bytes, _) = sent(&Queue::<u8>::new().unwrap());
         let fds = vec![
             crate::sys::eventfd::create(0, false).unwrap(),

@@ -7,10 +7,10 @@
 pub(crate) mod eventfd;
 mod hook;
 pub(crate) mod memfd;
+pub(crate) mod ofd_mutex;
 mod process;
 pub(crate) mod reactor;
 pub(crate) mod ring_memory;
-pub(crate) mod robust_mutex;
 pub(crate) mod shared_slice;
 pub(crate) mod shm;
 pub(crate) mod socket;

@@ -355,13 +355,21 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
 /// As [`decode_body`], and when a segment handle's descriptor is missing or not a segment of
 /// the right seals and size.
 pub fn decode_body_with<T: DeserializeOwned>(body: &[u8], fds: Vec<OwnedFd>) -> Result<T, WireError> {
+    decode_body_counted(body, fds).map(|(value, _)| value)
+}
+
+/// As [`decode_body_with`], and also the number of `fds` that no handle in the value named.
+pub(crate) fn decode_body_counted<T: DeserializeOwned>(
+    body: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<(T, usize), WireError> {
     use bincode::Options;
     let mut rest = body;
     let limited = options().with_limit(body.len() as u64);
-    let (value, _opened) = transfer::receiving(fds, || limited.deserialize_from(&mut rest));
+    let (value, _opened, unnamed) = transfer::receiving_counted(fds, || limited.deserialize_from(&mut rest));
     let value = value?;
     if rest.is_empty() {
-        Ok(value)
+        Ok((value, unnamed))
     } else {
         Err(WireError::Trailing(rest.len()))
     }

@@ -47,6 +47,8 @@ thread_local! {
 struct Incoming {
     fds: Vec<OwnedFd>,
     adopted: Vec<Option<Arc<Segment>>>,
+    /// Which descriptors a handle named.
+    named: Vec<bool>,
     count: usize,
 }
 
@@ -61,12 +63,23 @@ pub(crate) fn collecting_holds<R>(encode: impl FnOnce() -> R) -> (R, Vec<Hold>) 
 
 /// Runs `decode` with the frame's descriptors and returns its result with the number of
 /// segment handles it decoded.
+#[cfg(test)]
 pub(crate) fn receiving<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R, usize) {
-    let adopted = fds.iter().map(|_| None).collect();
-    let outer = INCOMING.with(|i| i.replace(Some(Incoming { fds, adopted, count: 0 })));
-    let result = decode();
-    let opened = INCOMING.with(|i| i.replace(outer)).map_or(0, |i| i.count);
+    let (result, opened, _) = receiving_counted(fds, decode);
     (result, opened)
+}
+
+/// As [`receiving`], and also the number of the frame's descriptors that no handle named (a
+/// sender attaches exactly the descriptors its handles name: more is a broken peer).
+pub(crate) fn receiving_counted<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R, usize, usize) {
+    let adopted = fds.iter().map(|_| None).collect();
+    let named = vec![false; fds.len()];
+    let outer = INCOMING.with(|i| i.replace(Some(Incoming { fds, adopted, named, count: 0 })));
+    let result = decode();
+    let incoming = INCOMING.with(|i| i.replace(outer));
+    let opened = incoming.as_ref().map_or(0, |i| i.count);
+    let unnamed = incoming.map_or(0, |i| i.named.iter().filter(|named| !**named).count());
+    (result, opened, unnamed)
 }
 
 /// Called by a handle's `Serialize`: keeps `segment` alive with the sender and returns the index
@@ -102,6 +115,7 @@ pub(crate) fn open_fd(index: u32) -> Result<OwnedFd, SegmentError> {
         let incoming = incoming.as_mut().ok_or(SegmentError::OutsideMessage)?;
         let fd = incoming.fds.get(index as usize).ok_or(SegmentError::MissingDescriptor)?;
         let own = fd.try_clone().map_err(SegmentError::Io)?;
+        incoming.named[index as usize] = true;
         incoming.count += 1;
         Ok(own)
     })
@@ -121,6 +135,7 @@ pub(crate) fn open(index: u32, len: usize, writable: bool) -> Result<Arc<Segment
             _ => Segment::adopt(fd.as_fd(), len, writable)?,
         };
         incoming.adopted[index] = Some(Arc::clone(&segment));
+        incoming.named[index] = true;
         incoming.count += 1;
         Ok(segment)
     })

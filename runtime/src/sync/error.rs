@@ -55,14 +55,11 @@ pub enum SyncError {
 /// Why a [`SharedMutex`](crate::sync::SharedMutex) could not be locked.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    /// This thread holds the lock already: locking it again would never return.
+    /// This thread holds the lock already (through this handle or a clone): locking it again
+    /// would never return.
     #[error("this thread holds the lock already")]
     WouldDeadlock,
-    /// A holder died and the lock was then unlocked without being made consistent (by a
-    /// program other than ensemble): glibc refuses it for good (`ENOTRECOVERABLE`).
-    #[error("the lock is unusable for good: a holder died and it was released without repair")]
-    NotRecoverable,
-    /// Another error of the pthread call.
+    /// The kernel refused the lock (`ENOLCK`: out of lock records).
     #[error("the lock failed")]
     Os(#[source] io::Error),
 }
@@ -71,7 +68,6 @@ impl LockError {
     pub(crate) fn from_os(error: io::Error) -> LockError {
         match error.raw_os_error() {
             Some(libc::EDEADLK) => LockError::WouldDeadlock,
-            Some(libc::ENOTRECOVERABLE) => LockError::NotRecoverable,
             _ => LockError::Os(error),
         }
     }
@@ -101,7 +97,9 @@ pub enum QueueError {
     #[error("the message could not be encoded")]
     Encode(#[source] WireError),
     /// The datagram taken from the queue is not a message of this queue's type (bytes from
-    /// elsewhere, or a message of another type). It was consumed; nothing else was lost.
+    /// elsewhere, a message of another type, descriptors attached that its message does not
+    /// name, or descriptors dropped by the kernel: `MSG_CTRUNC`, which also happens when this
+    /// process's descriptor table is full). It was consumed; nothing else was lost.
     #[error("a malformed message of {len} bytes was taken from the queue and dropped")]
     Malformed {
         /// Bytes of the datagram.
@@ -114,8 +112,7 @@ pub enum QueueError {
     /// a handle whose descriptor is missing or of the wrong kind). It was consumed.
     #[error("a message taken from the queue was refused")]
     Refused(#[source] WireError),
-    /// The queue's socket failed (or descriptors attached to a message were dropped because
-    /// this process's descriptor table is full).
+    /// The queue's socket failed.
     #[error("the queue's socket failed")]
     Io(#[source] io::Error),
 }

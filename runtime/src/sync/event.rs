@@ -118,7 +118,8 @@ impl Serialize for Event {
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let [index, _] = incoming(deserializer, Kind::Event, "", 0)?;
-        let fd = open_checked(Kind::Event, index, "an eventfd", eventfd::is_eventfd)?;
+        let fd =
+            open_checked(Kind::Event, index, "an eventfd without EFD_SEMAPHORE", eventfd::is_plain_eventfd)?;
         Ok(Event { fd: Arc::new(fd) })
     }
 }

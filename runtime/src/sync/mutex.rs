@@ -1,8 +1,9 @@
-//! [`SharedMutex`]: a value in shared memory behind a robust process-shared lock.
+//! [`SharedMutex`]: a value in shared memory behind a lock the kernel keeps (an OFD lock on
+//! the segment's memfd, see `sys/ofd_mutex.rs`).
 
 use super::{incoming, Kind, LockError, Outgoing, SyncError};
 use crate::shm::transfer::{self, Hold};
-use crate::sys::robust_mutex::{MutexGuard, RobustMutex};
+use crate::sys::ofd_mutex::{MutexGuard, OfdMutex};
 use bytemuck::Pod;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -10,8 +11,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The longest single timed lock of [`SharedMutex::lock`]: a safety net against a lost wake-up.
-const LOCK_SLICE: Duration = Duration::from_millis(250);
 /// The first and the longest pause of [`SharedMutex::lock_async`] between two tries.
 const FIRST_PAUSE: Duration = Duration::from_micros(20);
 const LONGEST_PAUSE: Duration = Duration::from_millis(1);
@@ -19,21 +18,29 @@ const LONGEST_PAUSE: Duration = Duration::from_millis(1);
 /// A `T` in shared memory behind a lock that every process holding a clone can take, like
 /// `std::sync::Mutex<T>` across processes (or `multiprocessing.Lock` with a `Value`).
 ///
-/// A glibc pthread mutex, process-shared and robust, at the start of a segment (an anonymous
-/// memfd), followed by the value. Send the mutex in a message (or an actor's initial state)
-/// to share it: the receiver maps the same memory. `T` is plain data ([`Pod`]): no pointers,
-/// which would mean nothing in another process.
+/// The value lives in a segment (an anonymous memfd) after a small header; the lock is an
+/// exclusive *open file description* lock (`F_OFD_SETLK`) on that memfd, which the kernel keeps:
+/// nothing a peer writes in the shared memory can break it. Send the mutex in a message (or an
+/// actor's initial state) to share it: the receiver maps the same memory and opens its own
+/// description of the memfd. `T` is plain data ([`Pod`]): no pointers, which would mean nothing
+/// in another process, and any bytes are a valid value.
 ///
-/// - **A holder that dies does not deadlock the others.** When a process (or thread) dies
-///   holding the lock, the kernel marks it, and the next locker gets it with
-///   [`MutexGuard::owner_died`] `== true`: the lock is repaired, but **the value may be
-///   half-updated** by the dead holder. Check or repair it before trusting it.
-/// - The guard is `!Send`: the thread that locked must unlock (glibc's rule).
-/// - Locking twice from one thread is an error ([`LockError::WouldDeadlock`]), not a hang.
-/// - [`lock`](Self::lock) blocks the thread (in timed slices, never an untimed futex wait);
-///   [`lock_async`](Self::lock_async) never does: the kernel offers nothing pollable for a
-///   futex, so it tries, then sleeps from 20 µs doubling to 1 ms between tries. Keep critical
-///   sections short.
+/// - **A holder that dies does not deadlock the others.** The kernel drops the lock when the
+///   holding process exits or is killed; the next locker gets it with
+///   [`MutexGuard::owner_died`] `== true`: **the value may be half-updated** by the dead holder.
+///   Check or repair it before trusting it. (The flag is a word in the shared memory: a peer
+///   can make it lie, not break the lock.)
+/// - The guard is `!Send`, as `std::sync::MutexGuard` is.
+/// - Locking twice from one thread through one handle (or its clones) is an error
+///   ([`LockError::WouldDeadlock`]), not a hang. Two handles of one mutex that reached one
+///   process separately (received in two messages) are independent lockers: a thread holding
+///   one and locking the other waits, as it would for another process.
+/// - [`lock`](Self::lock) blocks the thread; [`lock_async`](Self::lock_async) never does. The
+///   kernel offers nothing pollable for the lock, and its blocking form cannot be bounded, so
+///   both try, then pause from 20 µs doubling to 1 ms between tries: a release is noticed within
+///   about 1 ms, and waiters are not served in order. Keep critical sections short.
+/// - The value is in memory every holder maps writable: a peer that ignores the lock can write
+///   it at any time. It cannot make this process crash or hang through it.
 ///
 /// # Examples
 /// ```
@@ -52,7 +59,7 @@ const LONGEST_PAUSE: Duration = Duration::from_millis(1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct SharedMutex<T: Pod> {
-    raw: Arc<RobustMutex<T>>,
+    raw: Arc<OfdMutex<T>>,
 }
 
 impl<T: Pod> SharedMutex<T> {
@@ -60,9 +67,9 @@ impl<T: Pod> SharedMutex<T> {
     ///
     /// # Errors
     /// [`SyncError::Segment`] when the segment cannot be created (no memory, descriptor table
-    /// full).
+    /// full) or its memfd cannot be re-opened through `/proc/self/fd`.
     pub fn new(value: T) -> Result<SharedMutex<T>, SyncError> {
-        let raw = RobustMutex::create(value).map_err(SyncError::Segment)?;
+        let raw = OfdMutex::create(value).map_err(SyncError::Segment)?;
         Ok(SharedMutex { raw: Arc::new(raw) })
     }
 
@@ -70,11 +77,11 @@ impl<T: Pod> SharedMutex<T> {
     /// [`lock_async`](Self::lock_async) there.
     ///
     /// # Errors
-    /// [`LockError::WouldDeadlock`] when this thread holds it already;
-    /// [`LockError::NotRecoverable`]; [`LockError::Os`].
+    /// [`LockError::WouldDeadlock`] when this thread holds it already; [`LockError::Os`].
     pub fn lock(&self) -> Result<MutexGuard<'_, T>, LockError> {
         loop {
-            if let Some(guard) = self.raw.lock_timeout(LOCK_SLICE).map_err(LockError::from_os)? {
+            // Without a deadline, `lock_until` returns only with the lock or an error.
+            if let Some(guard) = self.raw.lock_until(None).map_err(LockError::from_os)? {
                 return Ok(guard);
             }
         }
@@ -85,7 +92,7 @@ impl<T: Pod> SharedMutex<T> {
     /// # Errors
     /// As [`lock`](Self::lock).
     pub fn try_lock(&self) -> Result<Option<MutexGuard<'_, T>>, LockError> {
-        self.raw.try_lock().map_err(LockError::from_os)
+        self.raw.lock_until(Some(Instant::now())).map_err(LockError::from_os)
     }
 
     /// Blocks the thread until the lock is taken or `timeout` has passed: `None` on timeout.
@@ -93,27 +100,17 @@ impl<T: Pod> SharedMutex<T> {
     /// # Errors
     /// As [`lock`](Self::lock).
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<MutexGuard<'_, T>>, LockError> {
-        let deadline = Instant::now().checked_add(timeout);
-        loop {
-            let left = deadline.map_or(LOCK_SLICE, |d| d.saturating_duration_since(Instant::now()));
-            if let Some(guard) = self.raw.lock_timeout(left.min(LOCK_SLICE)).map_err(LockError::from_os)? {
-                return Ok(Some(guard));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
-            }
-        }
+        self.raw.lock_until(Instant::now().checked_add(timeout)).map_err(LockError::from_os)
     }
 
     /// Takes the lock without blocking the thread: tries, then sleeps (20 µs doubling to
     /// 1 ms) on the current tokio runtime's timer, and tries again.
     ///
-    /// Another task of this thread holding the lock is waited for like any other holder (to
-    /// glibc, they are one owner); a task that awaits a lock it holds itself waits forever, as
-    /// with `tokio::sync::Mutex`.
+    /// Another task of this thread holding the lock is waited for like any other holder; a
+    /// task that awaits a lock it holds itself waits forever, as with `tokio::sync::Mutex`.
     ///
     /// # Errors
-    /// [`LockError::NotRecoverable`]; [`LockError::Os`].
+    /// [`LockError::Os`].
     ///
     /// # Panics
     /// Outside a tokio runtime with a timer (actix's runtime has one).
@@ -123,7 +120,7 @@ impl<T: Pod> SharedMutex<T> {
     pub async fn lock_async(&self) -> Result<MutexGuard<'_, T>, LockError> {
         let mut pause = FIRST_PAUSE;
         loop {
-            match self.raw.try_lock().map_err(LockError::from_os) {
+            match self.try_lock() {
                 Ok(Some(guard)) => return Ok(guard),
                 Ok(None) | Err(LockError::WouldDeadlock) => {}
                 Err(e) => return Err(e),
@@ -161,10 +158,10 @@ impl<T: Pod> Serialize for SharedMutex<T> {
 impl<'de, T: Pod> Deserialize<'de> for SharedMutex<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let [index, _] = incoming(deserializer, Kind::Mutex, std::any::type_name::<T>(), size_of::<T>())?;
-        let (_, len) = RobustMutex::<T>::layout();
+        let (_, len) = OfdMutex::<T>::layout();
         let opened = transfer::open(index, len, true).map_err(|e| SyncError::transfer(Kind::Mutex, e));
         let raw = opened
-            .and_then(|segment| RobustMutex::adopt(segment).map_err(SyncError::Segment))
+            .and_then(|segment| OfdMutex::adopt(segment).map_err(SyncError::Segment))
             .map_err(|e| D::Error::custom(crate::error_chain(&e)))?;
         Ok(SharedMutex { raw: Arc::new(raw) })
     }

@@ -24,6 +24,9 @@ const PREFIX: &[u8; 4] = b"enQ1";
 /// What a datagram costs of the send buffer beyond its bytes (the kernel's check is
 /// `len > sk_sndbuf - 32`).
 const DATAGRAM_OVERHEAD: usize = 32;
+/// The most bytes one message may have, whatever the socket's send buffer: the receive buffer
+/// is sized from it, and a privileged peer can raise `SO_SNDBUF` to about 2 GiB.
+const MAX_MESSAGE: usize = 4 << 20;
 
 thread_local! {
     /// Where datagrams are received: one datagram's worth, kept per thread.
@@ -42,7 +45,7 @@ thread_local! {
 /// corrupt the queue, unlike a byte pipe with a length prefix.
 ///
 /// - Messages are small: one must fit in one datagram (the socket's send buffer, about
-///   208 KiB here), or `put` fails with [`QueueError::TooLarge`]. For bulk data, put a
+///   208 KiB here, and never over 4 MiB), or `put` fails with [`QueueError::TooLarge`]. For bulk data, put a
 ///   [`SharedSlice`](crate::shm::SharedSlice) or [`SharedSliceMut`](crate::shm::SharedSliceMut)
 ///   in the message: its descriptor travels attached to the datagram, and the getter maps the
 ///   same memory. Any ensemble handle (a [`SharedMutex`](super::SharedMutex), an
@@ -92,7 +95,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn of(send: OwnedFd, recv: OwnedFd) -> io::Result<Queue<T>> {
-        let max = socket::send_buffer_size(send.as_fd())?.saturating_sub(DATAGRAM_OVERHEAD);
+        let max = max_message(socket::send_buffer_size(send.as_fd())?);
         Ok(Queue { send: Arc::new(send), recv: Arc::new(recv), max, _message: PhantomData })
     }
 
@@ -301,24 +304,33 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         };
         let len = received.len;
         if received.control_truncated {
-            return Err(QueueError::Io(io::Error::other("descriptors attached to a message were dropped")));
+            return Err(QueueError::Malformed { len, source: malformed(DROPPED) });
         }
         let body = match buffer[..len].strip_prefix(PREFIX.as_slice()) {
             Some(body) if !received.truncated => body,
-            _ => return Err(QueueError::Malformed { len, source: not_a_message() }),
+            _ => return Err(QueueError::Malformed { len, source: malformed(NOT_A_MESSAGE) }),
         };
-        match wire::decode_body_with(body, received.fds) {
-            Ok(message) => Ok(Some(message)),
+        match wire::decode_body_counted(body, received.fds) {
+            Ok((_, unnamed)) if unnamed > 0 => Err(QueueError::Malformed { len, source: malformed(UNNAMED) }),
+            Ok((message, _)) => Ok(Some(message)),
             Err(e) if e.is_malformed() => Err(QueueError::Malformed { len, source: e }),
             Err(e) => Err(QueueError::Refused(e)),
         }
     }
 }
 
-fn not_a_message() -> WireError {
-    WireError::Value(Box::new(bincode::ErrorKind::Custom(
-        "not a queue message (no prefix, or truncated)".into(),
-    )))
+/// The most bytes one message may have on a socket whose send buffer is `send_buffer` bytes.
+fn max_message(send_buffer: usize) -> usize {
+    send_buffer.saturating_sub(DATAGRAM_OVERHEAD).min(MAX_MESSAGE)
+}
+
+const NOT_A_MESSAGE: &str = "not a queue message (no prefix, or truncated)";
+const DROPPED: &str = "descriptors attached to it were dropped (MSG_CTRUNC: more than a datagram \
+                       carries, or this process's descriptor table is full)";
+const UNNAMED: &str = "it carried descriptors that no handle in the message names";
+
+fn malformed(what: &str) -> WireError {
+    WireError::Value(Box::new(bincode::ErrorKind::Custom(what.into())))
 }
 
 impl<T> Clone for Queue<T> {
@@ -430,6 +442,28 @@ mod tests {
         assert!(matches!(queue.get(), Err(QueueError::Malformed { len: 7, .. })));
         assert!(matches!(queue.get(), Err(QueueError::Malformed { len: 16, .. })));
         assert_eq!(queue.get().unwrap(), (1, "after".to_owned()));
+    }
+
+    #[test]
+    fn a_datagram_with_descriptors_its_message_does_not_name_is_malformed() {
+        let queue = Queue::<u32>::new().unwrap();
+        let mut datagram = PREFIX.to_vec();
+        datagram.extend_from_slice(&7u32.to_le_bytes());
+        let stray = crate::sys::eventfd::create(0, false).unwrap();
+        socket::send_datagram(queue.send.as_fd(), &[&datagram], &[stray.as_fd()]).unwrap();
+        let err = queue.try_get().unwrap_err();
+        assert!(matches!(err, QueueError::Malformed { len: 8, .. }), "{err}");
+        assert!(crate::error_chain(&err).contains("no handle in the message names"), "{err}");
+        queue.put(8).unwrap();
+        assert_eq!(queue.get().unwrap(), 8);
+    }
+
+    #[test]
+    fn the_largest_message_is_bounded_whatever_the_send_buffer() {
+        assert_eq!(max_message(212_992), 212_960);
+        assert_eq!(max_message(10), 0);
+        // What a privileged peer can raise SO_SNDBUF to (SO_SNDBUFFORCE): ~2 GiB.
+        assert_eq!(max_message(i32::MAX as usize), MAX_MESSAGE);
     }
 
     #[test]

@@ -171,7 +171,8 @@ impl Serialize for Semaphore {
 impl<'de> Deserialize<'de> for Semaphore {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let [index, _] = incoming(deserializer, Kind::Semaphore, "", 0)?;
-        let fd = open_checked(Kind::Semaphore, index, "an eventfd", eventfd::is_eventfd)?;
+        let fd =
+            open_checked(Kind::Semaphore, index, "an EFD_SEMAPHORE eventfd", eventfd::is_semaphore_eventfd)?;
         Ok(Semaphore { fd: Arc::new(fd) })
     }
 }
