@@ -121,6 +121,31 @@ async fn a_stream_yields_every_result_once_as_it_completes_and_can_be_dropped_ea
     within(20, farm.shutdown()).await.unwrap();
 }
 
+/// Two failing tasks in one batch: `map` returns the first, and its sink is not called after
+/// it said stop.
+#[actix_rt::test]
+async fn map_returns_the_first_error_and_the_sink_is_not_called_after_break() {
+    let farm = farm(FarmConfig { batch: BatchSize::Fixed(8), ..config(1) }).await;
+    let tasks = || (0..16).map(|i| if i == 3 || i == 5 { Task::Panic(i) } else { Task::Square(i) });
+    assert_eq!(within(60, farm.map(tasks())).await.unwrap_err().index(), 3);
+    let calls = Cell::new(0);
+    let summary = within(
+        60,
+        farm.for_each(tasks(), |_, result| {
+            calls.set(calls.get() + 1);
+            if result.is_err() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }),
+    )
+    .await;
+    assert!(summary.stopped);
+    assert_eq!(calls.get(), 4, "indexes 0, 1, 2 and the failing 3; nothing after Break");
+    within(20, farm.shutdown()).await.unwrap();
+}
+
 #[actix_rt::test]
 async fn a_panicking_task_fails_alone_with_its_index_and_backtrace() {
     let farm = farm(FarmConfig { batch: BatchSize::Fixed(8), ..config(2) }).await;

@@ -388,7 +388,8 @@ impl<A: ProcessActor> Farm<A> {
     }
 
     /// Runs every input and hands each result to `sink` as it completes, with its input index.
-    /// Memory stays bounded whatever the number of inputs. `sink` may stop the run.
+    /// Memory stays bounded whatever the number of inputs. `sink` may stop the run by returning
+    /// `Break`: it is not called again (results of batches already in flight are discarded).
     ///
     /// # Cancel safety
     /// Dropping the future stops dispatch; batches in flight finish in the workers and their
@@ -660,7 +661,9 @@ where
             Ok(_) => self.summary.succeeded += 1,
             Err(_) => self.summary.failed += 1,
         }
-        if (self.sink)(index, result).is_break() {
+        // After `Break`, results of batches still in flight are counted, not handed over: the
+        // sink's first `Break` is its last call.
+        if !self.summary.stopped && (self.sink)(index, result).is_break() {
             self.summary.stopped = true;
         }
     }
