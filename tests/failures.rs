@@ -225,3 +225,38 @@ async fn an_actor_stuck_in_a_handler_is_killed_after_its_shutdown_timeout() {
         other => panic!("expected a kill, got {other:?}"),
     }
 }
+
+/// A child that sends events carrying descriptors faster than anyone reads them.
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(handles(Flood), event = SharedSlice<u8>)]
+struct Flooder;
+
+/// Sends this many events, each a new one-byte array (one descriptor each).
+#[derive(Serialize, Deserialize, RemoteMessage)]
+struct Flood(u32);
+
+impl ProcessHandler<Flood> for Flooder {
+    fn handle(&mut self, Flood(n): Flood, ctx: &mut ProcessContext<Self>) {
+        for _ in 0..n {
+            let array = SharedSliceMut::<u8>::new(1).unwrap().freeze().unwrap();
+            while let Err(ensemble::SendOutError::Full) = ctx.send_out(array.clone()) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Unread events that hold more descriptors than the parent keeps for a child make the child a
+/// flood: it is killed, and its calls fail, before the parent runs out of descriptors.
+#[actix_rt::test]
+async fn a_child_flooding_its_parent_with_unread_events_is_killed() {
+    let flooder = within(10, ensemble::spawn(Flooder)).await.unwrap();
+    match within(60, flooder.send(Flood(5_000))).await {
+        Err(CallError::Protocol(error)) => {
+            let text = error.to_string();
+            assert!(text.contains("piled up unread") && text.contains("4096 descriptors"), "{text}");
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    assert_eq!(within(10, flooder.exited()).await.signal(), Some(libc::SIGKILL));
+}

@@ -281,6 +281,11 @@ impl<A: ProcessActor> Remote<A> {
     /// The events the backend pushes with [`ProcessContext::send_out`](crate::ProcessContext::send_out),
     /// in order, from the start of the process. The stream ends when the process has exited.
     /// There is one stream per actor: the first call gets it, later calls get `None`.
+    ///
+    /// Events wait in this process until they are read (whether or not the stream was taken).
+    /// A child whose unread events pass 1,048,576 events, 1 GiB or 4096 attached descriptors is
+    /// flooding its parent: it is killed, and calls fail with [`CallError::Protocol`]
+    /// (`EventsUnread`). Read the events of a child that sends many, or drop them as they come.
     pub fn events(&self) -> Option<Events<A::Event>> {
         let rx = self.connection.take_events()?;
         Some(Events { rx, _event: PhantomData })

@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -91,6 +91,54 @@ pub struct Body {
     /// The descriptors of the segments the body hands over, until it is decoded.
     fds: Mutex<Vec<OwnedFd>>,
     core: Arc<Core>,
+    /// What an event's body counts against [`Unread`] until it is dropped.
+    unread: Option<(usize, usize)>,
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Some((bytes, descriptors)) = self.unread {
+            self.core.unread.events.fetch_sub(1, Ordering::Relaxed);
+            self.core.unread.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.core.unread.descriptors.fetch_sub(descriptors, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The most events a parent holds unread for one child before it calls the child a flood and
+/// kills it; also the most bytes and descriptors they may hold. Generous for any consumer that
+/// reads its events; what stops a child from exhausting its parent's memory or descriptors.
+pub const MAX_UNREAD_EVENTS: usize = 1 << 20;
+/// See [`MAX_UNREAD_EVENTS`].
+pub const MAX_UNREAD_EVENT_BYTES: usize = 1 << 30;
+/// See [`MAX_UNREAD_EVENTS`].
+pub const MAX_UNREAD_EVENT_DESCRIPTORS: usize = 4096;
+
+/// What the events a child sent and nobody has read yet hold.
+#[derive(Debug, Default)]
+struct Unread {
+    events: AtomicUsize,
+    bytes: AtomicUsize,
+    descriptors: AtomicUsize,
+}
+
+impl Unread {
+    /// Counts one more event; the limit it passes, if any.
+    fn add(&self, bytes: usize, descriptors: usize) -> Option<ProtocolError> {
+        let events = self.events.fetch_add(1, Ordering::Relaxed) + 1;
+        let bytes = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let descriptors = self.descriptors.fetch_add(descriptors, Ordering::Relaxed) + descriptors;
+        let limit = if events > MAX_UNREAD_EVENTS {
+            "1,048,576 events"
+        } else if bytes > MAX_UNREAD_EVENT_BYTES {
+            "1 GiB"
+        } else if descriptors > MAX_UNREAD_EVENT_DESCRIPTORS {
+            "4096 descriptors"
+        } else {
+            return None;
+        };
+        Some(ProtocolError::EventsUnread { events, bytes, descriptors, limit })
+    }
 }
 
 impl Body {
@@ -135,6 +183,7 @@ struct Core {
     outbox: Outbox<ToChild>,
     state: Mutex<State>,
     events: mpsc::UnboundedSender<Body>,
+    unread: Unread,
     reading: Reading,
 }
 
@@ -183,6 +232,7 @@ impl Connection {
             outbox: Outbox::new(link),
             state: Mutex::new(State::default()),
             events: events_tx,
+            unread: Unread::default(),
             reading: Reading::default(),
         });
         match read_on {
@@ -388,11 +438,18 @@ impl Core {
             Ok((header, body)) => (header, frame.bytes.len() - body.len()),
             Err(e) => return self.violation(ProtocolError::Undecodable(e.to_string())),
         };
-        let body = Body { frame: frame.bytes, at, fds: Mutex::new(frame.fds), core: Arc::clone(self) };
+        let mut body =
+            Body { frame: frame.bytes, at, fds: Mutex::new(frame.fds), core: Arc::clone(self), unread: None };
         match header {
             ToParent::Reply { id, ok } => self.reply(id, ok, body),
             ToParent::Event => {
+                let charge = (body.frame.len(), body.fds.lock().unwrap_or_else(|e| e.into_inner()).len());
+                body.unread = Some(charge);
+                let flood = self.unread.add(charge.0, charge.1);
                 let _ = self.events.unbounded_send(body);
+                if let Some(flood) = flood {
+                    self.violation(flood);
+                }
             }
             ToParent::Logs => match wire::decode_body::<crate::logs::LogBatch>(body.bytes()) {
                 Ok(batch) => {

@@ -124,6 +124,18 @@ pub enum ProtocolError {
     /// The peer closed its end of the connection but did not exit.
     #[error("the peer closed its connection without exiting")]
     ClosedWhileAlive,
+    /// The child's events piled up unread past what the parent holds for it.
+    #[error("{events} events ({bytes} bytes, {descriptors} descriptors) piled up unread, past the limit of {limit}")]
+    EventsUnread {
+        /// Events waiting.
+        events: usize,
+        /// Their bytes.
+        bytes: usize,
+        /// The descriptors attached to them.
+        descriptors: usize,
+        /// Which limit was passed, in words.
+        limit: &'static str,
+    },
 }
 
 /// Writes the header of a frame of `len` bytes carrying `fds` descriptors.
