@@ -197,9 +197,16 @@ struct Backend<A: ProcessActor> {
 impl<A: ProcessActor> Actor for Backend<A> {
     type Context = actix::Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Lines logged outside handlers (timers, threads the actor started) leave regularly.
-        ctx.run_interval(logs::FLUSH_EVERY, |act, _| flush_logs(act.ctx_shared()));
+    fn started(&mut self, _: &mut Self::Context) {
+        // Lines logged outside handlers (timers, threads the actor started) leave shortly after.
+        let shared = Arc::clone(self.ctx.shared_arc());
+        actix::spawn(async move {
+            loop {
+                logs::queued().await;
+                tokio::time::sleep(logs::FLUSH_EVERY).await;
+                flush_logs(&shared);
+            }
+        });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

@@ -3,8 +3,9 @@
 //! In a child, [`ForwardLayer`] (installed by the backend instead of a formatter on stderr)
 //! turns each tracing event into a [`LogRecord`] and queues it, never blocking: the queue holds
 //! [`QUEUE_LIMIT`] records, and what does not fit is counted as dropped. The backend sends the
-//! queue to the parent in `ToParent::Logs` frames: before each reply (so a handler's lines
-//! arrive before its reply, in order), every [`FLUSH_EVERY`], and before the process exits.
+//! queue to the parent in `ToParent::Logs` frames: before each reply and event (so a handler's
+//! lines arrive before its reply, in order), [`FLUSH_EVERY`] after a line was queued outside a
+//! handler (an idle child is never woken for this), and before the process exits.
 //!
 //! In the parent, the connection re-emits each record as an event with target
 //! `ensemble::child`, the child's name and pid, the original target and level, inside the span
@@ -29,7 +30,8 @@ use tracing_subscriber::Layer;
 /// The most records a child queues between two flushes; more are dropped and counted.
 pub const QUEUE_LIMIT: usize = 4096;
 
-/// How often a child sends what its handlers did not send with their replies.
+/// How long after a line is queued outside a handler a child sends it (lines logged by a
+/// handler leave with its reply).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// The span field that names the call a handler runs for.
@@ -78,12 +80,25 @@ pub fn take_batch() -> Option<LogBatch> {
     Some(LogBatch { dropped, records: queue.records.drain(..).collect() })
 }
 
+static QUEUED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Resolves once something was queued since the last batch was taken: a child with nothing to
+/// say is never woken for its logs.
+pub async fn queued() {
+    QUEUED.notified().await;
+}
+
 fn push(record: LogRecord) {
     let mut queue = queue();
+    let was_empty = queue.records.is_empty() && queue.dropped == 0;
     if queue.records.len() >= QUEUE_LIMIT {
         queue.dropped += 1;
     } else {
         queue.records.push_back(record);
+    }
+    drop(queue);
+    if was_empty {
+        QUEUED.notify_one();
     }
 }
 
