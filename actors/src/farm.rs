@@ -112,6 +112,9 @@ pub struct FarmConfig {
     pub progress: bool,
     /// Prefix of the workers' process names. Default: "worker".
     pub name: String,
+    /// How many worker restarts the farm allows in a window before it gives up (the run then
+    /// fails with [`SupervisorError::GaveUp`]). Default (`None`): 10 per worker per minute.
+    pub restarts: Option<Intensity>,
 }
 
 impl Default for FarmConfig {
@@ -123,6 +126,7 @@ impl Default for FarmConfig {
             retries: 2,
             progress: true,
             name: String::from("worker"),
+            restarts: None,
         }
     }
 }
@@ -262,7 +266,9 @@ impl<A: ProcessActor> Farm<A> {
         factory: impl Fn(usize) -> A + Send + Sync + 'static,
     ) -> Result<Self, SupervisorError> {
         let workers = config.workers.max(1);
-        let intensity = Intensity { max_restarts: 10 * workers as u32, within: Duration::from_secs(60) };
+        let intensity = config
+            .restarts
+            .unwrap_or(Intensity { max_restarts: 10 * workers as u32, within: Duration::from_secs(60) });
         let group =
             SupervisorConfig { intensity, stop_order: StopOrder::Concurrent, ..SupervisorConfig::default() };
         let mut supervisor = Supervisor::new(group);
