@@ -250,7 +250,7 @@ pub fn channel(
 ) -> Result<(Producer, Consumer), CreateRingError> {
     let geometry = Geometry::new(slots, slot_size)?;
     let core = Arc::new(Core::create(geometry, when_full)?);
-    let (producer_socket, consumer_socket) = socket::seqpacket_pair()?;
+    let (producer_socket, consumer_socket) = socket::stream_pair()?;
     let producer_waiter = Waiter::new(Arc::new(producer_socket));
     let consumer_waiter = Waiter::new(Arc::new(consumer_socket));
     let producer = Producer {
@@ -370,8 +370,8 @@ impl End {
         let segment =
             transfer::open(wire.segment, wire.segment_len as usize, true).map_err(D::Error::custom)?;
         let own = transfer::open_fd(wire.socket).map_err(D::Error::custom)?;
-        if !socket::is_seqpacket(own.as_fd()) {
-            return Err(D::Error::custom("a ring end's socket is not a seqpacket socket"));
+        if !socket::is_stream(own.as_fd()) {
+            return Err(D::Error::custom("a ring end's socket is not a unix stream socket"));
         }
         let core = Core::adopt(segment).map_err(D::Error::custom)?;
         core.claim_line(role.line());

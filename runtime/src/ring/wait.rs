@@ -1,12 +1,13 @@
 //! How one side of a ring waits for the other: a short spin, then "I sleep" in the ring, a
 //! re-check, and a sleep on its end of the ring's socket pair, with a safety timeout.
 //!
-//! The socket pair is the ring's doorbell and its liveness signal at once: each end holds one
-//! socket; a side wakes the other by sending a one-byte datagram on its own socket (only after
-//! it saw "I sleep"), and when every holder of one socket is gone (a killed process included),
-//! the other reads a hang-up. Each send and receive is `MSG_DONTWAIT` by itself, whatever
-//! flags a peer sets on the shared open file description; a full socket buffer means a wake-up
-//! is already pending. Descriptors a peer might attach are closed on receipt.
+//! The socket pair (unix stream sockets) is the ring's doorbell and its liveness signal at once:
+//! each end holds one socket; a side wakes the other by sending one byte on its own socket
+//! (only after it saw "I sleep"), and when every holder of one socket is gone (a killed process
+//! included), the other reads the end of the stream. Bytes coalesce, so one short read takes
+//! every pending doorbell. Each send and receive is `MSG_DONTWAIT` by itself, whatever flags a
+//! peer sets on the shared open file description; a full socket buffer means a wake-up is
+//! already pending. Descriptors a peer might attach are closed on receipt.
 //!
 //! The protocol is Dekker's: the sleeper stores its flag, fences, and re-checks the ring; the
 //! other side publishes, fences, and reads the flag. With both fences sequentially consistent,
@@ -100,8 +101,8 @@ pub(crate) fn wake(sleeping: &AtomicU64, own: &OwnedFd) {
     }
 }
 
-/// Sends one doorbell datagram on `own`. A full buffer (a wake-up is pending) and a gone peer
-/// are both fine.
+/// Sends one doorbell byte on `own`. A full buffer (wake-ups are pending) and a gone peer are
+/// both fine.
 pub(crate) fn ring(own: &OwnedFd) {
     let _ = socket::send_datagram(own.as_fd(), &[b"!"], &[]);
 }
@@ -114,19 +115,15 @@ impl Waiter {
     /// Reads every pending doorbell (closing any descriptor a peer attached); whether there
     /// was one, and whether the other side hung up.
     fn drain(&self) -> (bool, bool) {
-        let mut buf = [0u8; 8];
+        let mut buf = [0u8; 64];
         let mut rung = false;
         // Bounded: a peer that keeps sending cannot keep us here.
         for _ in 0..64 {
             match socket::recv_datagram(self.socket.as_fd(), &mut buf) {
-                // The end of the stream reads as an empty datagram, again and again.
-                Ok(received)
-                    if received.len == 0
-                        && received.fds.is_empty()
-                        && socket::peer_hung_up(self.socket.as_fd()) =>
-                {
-                    return (rung, true)
-                }
+                // The end of the stream: every holder of the other end is gone.
+                Ok(received) if received.len == 0 && received.fds.is_empty() => return (rung, true),
+                // Doorbells coalesce in a stream: a short read took all that was pending.
+                Ok(received) if received.len < buf.len() => return (true, false),
                 Ok(_) => rung = true,
                 // Nothing pending: at the end of the stream `recv` would have read 0 instead.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (rung, false),

@@ -30,6 +30,22 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None)?)
 }
 
+/// A connected pair of stream sockets, both close-on-exec and non-blocking: a ring's doorbell
+/// and liveness signal (bytes coalesce, so one read takes every pending ring; end of stream
+/// is a hang-up).
+///
+/// # Errors
+/// The `socketpair` error (e.g. `EMFILE`).
+pub fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    Ok(rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, flags, None)?)
+}
+
+/// Whether `fd` is a unix stream socket.
+pub fn is_stream(fd: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::STREAM)
+}
+
 /// Sends one datagram made of `parts`, with `fds` attached, without blocking and without
 /// `SIGPIPE`. Returns `WouldBlock` when the socket's buffer is full.
 ///
