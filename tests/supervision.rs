@@ -157,10 +157,14 @@ async fn sigkill_of_a_permanent_child_fails_calls_in_flight_and_restarts_it() {
     within(10, root.shutdown()).await.unwrap();
 }
 
-/// Whether process `pid` has exited (a zombie or gone): its connection is closed.
+/// Whether process `pid` has exited (a zombie or gone): its connection is closed. A leader
+/// shows `Z` as soon as it exits, while its other threads (which share its descriptors) may
+/// still be on their way out: only a zombie with no thread left has closed them.
 fn is_dead(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')));
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| tasks.count());
+    zombie && threads <= 1
 }
 
 #[actix_rt::test]

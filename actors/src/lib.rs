@@ -14,6 +14,7 @@ mod dispatch;
 mod error;
 pub mod farm;
 mod message;
+mod meter;
 mod remote;
 pub mod supervisor;
 

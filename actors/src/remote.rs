@@ -3,6 +3,7 @@
 use crate::actor::{Handles, ProcessActor};
 use crate::error::{CallError, EventError, StopError};
 use crate::message::RemoteMessage;
+use crate::meter::Meter;
 use ensemble_runtime::transport::{Limits, ProtocolError};
 use ensemble_runtime::{
     wire, Body, CallFailure, Connection, ExitInfo, PendingCall, ReadOn, SpawnConfig, SpawnError,
@@ -215,9 +216,11 @@ impl<A: ProcessActor> Remote<A> {
         M: RemoteMessage,
     {
         // Not delivered: the process is exiting; the call fails with how it ended.
+        let meter = self.meter();
         self.send_or_return(msg).unwrap_or_else(|_| Call {
             state: CallState::Undelivered(Box::pin(self.connection.exited()), Arc::clone(&self.connection)),
             deadline: Deadline::default(),
+            meter: Some(meter),
         })
     }
 
@@ -228,6 +231,7 @@ impl<A: ProcessActor> Remote<A> {
         A: Handles<M>,
         M: RemoteMessage,
     {
+        let meter = self.meter();
         let tag = <A as Handles<M>>::TAG;
         let state = match self.connection.call(tag, &msg) {
             Ok(pending) => CallState::Pending(pending),
@@ -237,7 +241,7 @@ impl<A: ProcessActor> Remote<A> {
             Err(CallFailure::NotDelivered) => return Err(msg),
             Err(failure) => CallState::Failed(Some(failure.into())),
         };
-        Ok(Call { state, deadline: Deadline::default() })
+        Ok(Call { state, deadline: Deadline::default(), meter: Some(meter) })
     }
 
     /// Sends `msg` without waiting for the handler (fire-and-forget). A failure of the handler
@@ -344,6 +348,11 @@ impl<A: ProcessActor> Remote<A> {
         self.connection.process().name()
     }
 
+    /// Starts timing a call, for the metrics and `ensemble ps`.
+    fn meter(&self) -> Meter {
+        Meter::start(self.connection.process().record(), A::KEY)
+    }
+
     /// Declares that the child broke the protocol (seen by a layer above the connection): it is
     /// killed and every call fails with [`CallError::Protocol`].
     pub(crate) fn protocol_violation(&self, error: ProtocolError) {
@@ -375,6 +384,8 @@ impl<A: ProcessActor> fmt::Debug for Remote<A> {
 pub struct Call<M: RemoteMessage> {
     state: CallState<M>,
     deadline: Deadline,
+    /// Counts the call when it resolves (a dropped call is not counted).
+    meter: Option<Meter>,
 }
 
 impl<M: RemoteMessage> std::fmt::Debug for Call<M> {
@@ -432,7 +443,19 @@ impl<M: RemoteMessage> Future for Call<M> {
     type Output = Result<M::Result, CallError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
+        let poll = self.poll_call(cx);
+        if let Poll::Ready(result) = &poll {
+            if let Some(meter) = self.meter.take() {
+                meter.finish(result);
+            }
+        }
+        poll
+    }
+}
+
+impl<M: RemoteMessage> Call<M> {
+    fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Result<M::Result, CallError>> {
+        let this = self;
         if let CallState::Waiting { msg, tag, connection } = &mut this.state {
             while connection.poll_room(cx).is_ready() {
                 let message = msg.as_ref().expect("a waiting call holds its message");

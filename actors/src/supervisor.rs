@@ -32,6 +32,7 @@
 
 mod child;
 mod core;
+mod registry;
 mod slot;
 mod spec;
 

@@ -129,6 +129,7 @@ fn bootstrap() -> Result<i32, String> {
         return Err(format!("expected a start frame, got {header:?}"));
     };
     let state_at = start.bytes.len() - state.len();
+    crate::introspect::serve_as_child(&name, &actor);
     let boot = ChildBoot { name, start, state_at, link, stderr_is_terminal };
     match ACTORS.iter().find(|entry| entry.key == actor) {
         Some(entry) => Ok((entry.run)(boot)),

@@ -242,6 +242,8 @@ impl Connection {
             }
             ReadOn::IoThread => core.move_to_io_thread(),
         }
+        let stopper = Arc::downgrade(&core) as std::sync::Weak<dyn crate::introspect::StopChild>;
+        core.process.record().set_stopper(stopper);
         Connection { core, events: Mutex::new(Some(events_rx)), shutdown_timeout }
     }
 
@@ -307,14 +309,7 @@ impl Connection {
     /// Asks the child to finish the calls it has, run `post_run` and exit. New calls fail with
     /// [`CallFailure::Stopping`]. Returns false when the child had exited already.
     pub fn request_stop(&self) -> bool {
-        {
-            let mut state = self.core.lock();
-            if state.exit.is_some() {
-                return false;
-            }
-            state.stopping = true;
-        }
-        self.core.outbox.send(&ToChild::Stop, &(), Admission::Control).is_ok()
+        crate::introspect::StopChild::request_stop(&*self.core)
     }
 
     /// Resolves once the child has exited and was reaped.
@@ -349,6 +344,22 @@ impl Connection {
     /// of the wrong length): it is killed, and every pending and later call fails.
     pub fn protocol_violation(&self, error: ProtocolError) {
         self.core.violation(error);
+    }
+}
+
+/// How `ensemble stop` reaches a child that no supervisor runs, and what [`Connection::request_stop`]
+/// does.
+impl crate::introspect::StopChild for Core {
+    fn request_stop(&self) -> bool {
+        {
+            let mut state = self.lock();
+            if state.exit.is_some() {
+                return false;
+            }
+            state.stopping = true;
+        }
+        self.process.record().set_state(crate::introspect::ActorState::Stopping);
+        self.outbox.send(&ToChild::Stop, &(), Admission::Control).is_ok()
     }
 }
 

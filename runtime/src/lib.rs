@@ -7,6 +7,7 @@
 //! - [`child`] is the child's end: the bootstrap that runs before `main`, and the registry of
 //!   actor types ([`child::ACTORS`]).
 //! - [`wire`] defines the frames; [`transport`] carries them.
+//! - [`introspect`] is what a process tells the `ensemble` command about itself.
 //!
 //! All `unsafe` code of ensemble lives in the private `sys` module.
 
@@ -16,6 +17,7 @@
 pub mod build;
 pub mod child;
 mod connection;
+pub mod introspect;
 pub mod io_thread;
 pub mod logs;
 mod outbox;

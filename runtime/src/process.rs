@@ -8,13 +8,14 @@
 //! - Every `ChildProcess` is reaped: [`ChildProcess::reap`] is called by whoever sees the child's
 //!   channel close, and `Drop` kills and reaps a child nobody reaped.
 
+use crate::introspect::{ActorState, ChildRecord};
 use crate::stderr_tail::StderrTail;
 use crate::sys;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How a child process ended, with what it last wrote to stderr.
@@ -155,6 +156,8 @@ pub struct ChildProcess {
     /// Readable once the child has exited: how its end is noticed, never by a read of 0.
     pidfd: OwnedFd,
     name: String,
+    /// What `ensemble ps` is told about it.
+    record: Arc<ChildRecord>,
     state: Mutex<State>,
     exited: Condvar,
     stderr: StderrTail,
@@ -166,11 +169,12 @@ struct State {
 }
 
 impl ChildProcess {
-    /// Takes over a started child and the count of `launching`. On error (no pidfd) the child
-    /// is killed and reaped.
+    /// Takes over a started child (running actor type `actor`) and the count of `launching`.
+    /// On error (no pidfd) the child is killed and reaped.
     pub(crate) fn new(
         mut child: Child,
         name: String,
+        actor: &str,
         stderr: StderrTail,
         launching: Launching,
     ) -> std::io::Result<ChildProcess> {
@@ -186,6 +190,7 @@ impl ChildProcess {
         Ok(ChildProcess {
             pid: child.id(),
             pidfd,
+            record: ChildRecord::register(child.id(), &name, actor),
             name,
             state: Mutex::new(State { child, exit: None }),
             exited: Condvar::new(),
@@ -206,6 +211,11 @@ impl ChildProcess {
     /// The name the child was given at spawn.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What the runtime's introspection knows of the child: state, call counters.
+    pub fn record(&self) -> &Arc<ChildRecord> {
+        &self.record
     }
 
     /// How the child ended, if it was reaped already.
@@ -265,6 +275,7 @@ impl ChildProcess {
         let info = ExitInfo { pid: self.pid, status, stderr_tail: self.stderr.finish() };
         tracing::debug!(pid = self.pid, name = %self.name, "{info}");
         state.exit = Some(info.clone());
+        self.record.set_state(ActorState::Exited);
         self.exited.notify_all();
         count_live(-1);
         Some(info)

@@ -206,15 +206,17 @@ pub fn spawn(
 ) -> Result<Spawned, SpawnError> {
     check_kernel()?;
     sys::raise_nofile_limit();
+    crate::introspect::serve();
     let (ours, theirs) = socket::seqpacket_pair().map_err(SpawnError::Launch)?;
     socket::set_pass_credentials(ours.as_fd(), true).map_err(SpawnError::Launch)?;
     let launching = Launching::new();
     let child = launch(command(config, theirs)).map_err(SpawnError::Launch)?;
-    let process = Arc::new(adopt(child, config, launching)?);
+    let process = Arc::new(adopt(child, config, actor, launching)?);
     let link = Arc::new(Link::new(ours, config.limits, config.send_queue));
     let handshake = Handshake { link: &link, process: &process };
     handshake.hello(config.handshake_timeout)?;
     handshake.start(actor, state, fds, config)?;
+    process.record().set_state(crate::introspect::ActorState::Running);
     Ok(Spawned { process, link })
 }
 
@@ -274,12 +276,17 @@ fn launch(cmd: Command) -> std::io::Result<Child> {
     reply_rx.recv().map_err(|_| gone())?
 }
 
-fn adopt(mut child: Child, config: &SpawnConfig, launching: Launching) -> Result<ChildProcess, SpawnError> {
+fn adopt(
+    mut child: Child,
+    config: &SpawnConfig,
+    actor: &str,
+    launching: Launching,
+) -> Result<ChildProcess, SpawnError> {
     let stderr = child.stderr.take().expect("stderr is piped");
     let pid = child.id();
     match StderrTail::forward(stderr, format!("ensemble-stderr-{pid}")) {
         Ok(tail) => {
-            ChildProcess::new(child, config.name.clone(), tail, launching).map_err(SpawnError::Launch)
+            ChildProcess::new(child, config.name.clone(), actor, tail, launching).map_err(SpawnError::Launch)
         }
         Err(e) => {
             let _ = child.kill();
@@ -414,7 +421,7 @@ mod tests {
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::from(theirs)).stderr(Stdio::piped());
         let config = SpawnConfig { handshake_timeout: timeout, ..SpawnConfig::default() };
-        let process = Arc::new(adopt(launch(cmd).unwrap(), &config, Launching::new()).unwrap());
+        let process = Arc::new(adopt(launch(cmd).unwrap(), &config, "test", Launching::new()).unwrap());
         let link = Arc::new(Link::new(ours, config.limits, 8));
         let error =
             Handshake { link: &link, process: &process }.hello(timeout).expect_err("no valid hello can come");

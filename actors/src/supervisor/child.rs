@@ -13,6 +13,8 @@ use tokio::sync::watch;
 /// A child spec and the slot its handles watch, with the actor type erased.
 pub(crate) trait Child: Send + Sync {
     fn name(&self) -> &str;
+    /// The actor type's registry key.
+    fn actor(&self) -> &'static str;
     fn restart(&self) -> Restart;
     /// Spawns a new incarnation from the factory and makes it the one the handles call.
     fn start(&self) -> BoxFuture<'static, Result<Arc<dyn Incarnation>, SpawnError>>;
@@ -39,6 +41,10 @@ pub(crate) struct TypedChild<A: ProcessActor> {
 impl<A: ProcessActor> Child for TypedChild<A> {
     fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    fn actor(&self) -> &'static str {
+        A::KEY
     }
 
     fn restart(&self) -> Restart {

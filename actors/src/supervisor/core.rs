@@ -6,6 +6,7 @@
 //! that arrives during a restart is handled after it. No borrow is held across an await.
 
 use crate::supervisor::child::{Child, Incarnation};
+use crate::supervisor::registry::View;
 use crate::supervisor::spec::{Restart, StopOrder, Strategy, SupervisorConfig};
 use crate::supervisor::{SupervisorError, SupervisorEvent};
 use actix::{Actor, AsyncContext, Handler, Message, WrapFuture};
@@ -31,6 +32,8 @@ pub(crate) struct Core {
     subscribers: Vec<mpsc::UnboundedSender<SupervisorEvent>>,
     ended: Option<Result<(), SupervisorError>>,
     waiters: Vec<oneshot::Sender<Result<(), SupervisorError>>>,
+    /// What `ensemble ps` sees of this supervisor.
+    view: Arc<View>,
 }
 
 struct Entry {
@@ -54,6 +57,7 @@ impl SupervisorActor {
             subscribers,
             ended: None,
             waiters: Vec::new(),
+            view: View::new(),
         };
         SupervisorActor { core: Rc::new(RefCell::new(core)) }
     }
@@ -61,6 +65,10 @@ impl SupervisorActor {
 
 impl Actor for SupervisorActor {
     type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.core.borrow().view.set_addr(ctx.address().downgrade());
+    }
 }
 
 /// Start and adopt a new child (at the end of the start order).
@@ -86,6 +94,14 @@ pub(crate) struct Shutdown;
 
 impl Message for Shutdown {
     type Result = Result<(), SupervisorError>;
+}
+
+/// Stop the child running as this pid for good (`ensemble stop`): no restart, its handles see
+/// it gone.
+pub(crate) struct StopChild(pub(crate) u32);
+
+impl Message for StopChild {
+    type Result = ();
 }
 
 /// Resolves when the supervisor has ended.
@@ -161,6 +177,15 @@ impl Handler<Shutdown> for SupervisorActor {
     }
 }
 
+impl Handler<StopChild> for SupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, StopChild(pid): StopChild, ctx: &mut Self::Context) {
+        let core = Rc::clone(&self.core);
+        ctx.wait(async move { stop_one(&core, pid).await }.into_actor(self));
+    }
+}
+
 impl Handler<Wait> for SupervisorActor {
     type Result = actix::MessageResult<Wait>;
 
@@ -201,7 +226,12 @@ fn adopt(
     let generation = entry.generation;
     let child = entry.child.name().to_owned();
     let attempts = entry.attempts;
+    let (policy, actor) = (entry.child.restart(), entry.child.actor());
     let pid = incarnation.pid();
+    c.view.started(pid, &child, attempts, policy);
+    if restarted {
+        crate::meter::restarted(&child, actor);
+    }
     let addr = addr.clone();
     actix::spawn(async move {
         let exit = incarnation.exited().await;
@@ -217,6 +247,7 @@ fn adopt(
 
 async fn on_exit(core: Rc<RefCell<Core>>, addr: actix::Addr<SupervisorActor>, exited: Exited) {
     let Exited { index, generation, exit } = exited;
+    core.borrow().view.forget(exit.pid);
     let (child, restart) = {
         let mut c = core.borrow_mut();
         let ended = c.ended.is_some();
@@ -336,6 +367,22 @@ async fn stop_all(core: &Rc<RefCell<Core>>) {
     for (child, exit) in children.into_iter().zip(futures::future::join_all(stops).await) {
         core.borrow().emit(SupervisorEvent::Stopped { child: child.name().to_owned(), exit });
     }
+}
+
+/// Stops the child whose current incarnation is `pid`, in order, and leaves it stopped.
+async fn stop_one(core: &Rc<RefCell<Core>>, pid: u32) {
+    let found = {
+        let mut c = core.borrow_mut();
+        let entry = c.children.iter_mut().find(|e| e.current.as_ref().is_some_and(|i| i.pid() == pid));
+        entry.map(|entry| {
+            entry.generation += 1;
+            (entry.current.take(), Arc::clone(&entry.child))
+        })
+    };
+    let Some((Some(incarnation), child)) = found else { return };
+    child.mark_gone(None);
+    let exit = incarnation.stop().await;
+    core.borrow().emit(SupervisorEvent::Stopped { child: child.name().to_owned(), exit });
 }
 
 async fn give_up(core: &Rc<RefCell<Core>>, index: usize) {
