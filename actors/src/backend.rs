@@ -305,22 +305,18 @@ impl<A: ProcessActor> Backend<A> {
         ctx: &mut actix::Context<Self>,
     ) {
         let delivery = Delivery { id, transfer: wire::transfer_of(&frame) };
-        // A call's span names it, so that the parent re-emits the handler's log lines in the
-        // span the call was made in.
-        let span = match id {
-            Some(id) => tracing::info_span!("call", ensemble.call = id),
-            None => tracing::Span::none(),
-        };
+        // Handlers run `in_call`: their log lines are tagged with the call, and the parent
+        // re-emits them where the call was made.
         match A::HANDLERS.get(tag as usize) {
             Some(Dispatch::Sync(entry)) => {
-                let outcome = span.in_scope(|| {
+                let outcome = logs::in_call(id, || {
                     entry(&mut self.state.borrow_mut(), &frame[at..], fds, &mut self.ctx, delivery)
                 });
                 self.finish(id, outcome, ctx);
             }
             Some(Dispatch::Async(entry)) => {
                 let future = entry(Rc::clone(&self.state), frame, at, fds, self.ctx.clone(), delivery);
-                let future = tracing::Instrument::instrument(future, span);
+                let future = logs::InCall::new(id, future);
                 self.busy = true;
                 ctx.wait(future.into_actor(self).map(move |outcome, act, ctx| {
                     act.busy = false;

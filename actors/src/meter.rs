@@ -17,16 +17,38 @@ use ensemble_runtime::introspect::ChildRecord;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// One child's series in the facade, registered once (when its handle is made), so that a call
+/// costs a few dynamic calls and no allocation. A recorder installed after the child was
+/// spawned does not see its calls: install yours at the start of `main`.
+pub(crate) struct Series {
+    calls: metrics::Counter,
+    seconds: metrics::Histogram,
+    actor: &'static str,
+    name: String,
+}
+
+impl Series {
+    pub(crate) fn new(name: &str, actor_key: &'static str) -> Arc<Series> {
+        let (actor, name) = (short_name(actor_key), name.to_owned());
+        Arc::new(Series {
+            calls: metrics::counter!("ensemble_calls_total", "actor" => actor, "name" => name.clone()),
+            seconds: metrics::histogram!("ensemble_call_seconds", "actor" => actor, "name" => name.clone()),
+            actor,
+            name,
+        })
+    }
+}
+
 /// A call being timed: made when it is sent, finished when it resolves.
 pub(crate) struct Meter {
     started: Instant,
     record: Arc<ChildRecord>,
-    actor: &'static str,
+    series: Arc<Series>,
 }
 
 impl Meter {
-    pub(crate) fn start(record: &Arc<ChildRecord>, actor_key: &'static str) -> Meter {
-        Meter { started: Instant::now(), record: Arc::clone(record), actor: short_name(actor_key) }
+    pub(crate) fn start(record: &Arc<ChildRecord>, series: &Arc<Series>) -> Meter {
+        Meter { started: Instant::now(), record: Arc::clone(record), series: Arc::clone(series) }
     }
 
     /// Counts the call, failed or not, in the child's counters and in the facade.
@@ -34,11 +56,10 @@ impl Meter {
         let elapsed = self.started.elapsed();
         let error = result.as_ref().err().map(kind);
         self.record.calls().record(elapsed, error);
-        let (actor, name) = (self.actor, self.record.name().to_owned());
-        metrics::counter!("ensemble_calls_total", "actor" => actor, "name" => name.clone()).increment(1);
-        metrics::histogram!("ensemble_call_seconds", "actor" => actor, "name" => name.clone())
-            .record(elapsed.as_secs_f64());
+        self.series.calls.increment(1);
+        self.series.seconds.record(elapsed.as_secs_f64());
         if let Some(kind) = error {
+            let (actor, name) = (self.series.actor, self.series.name.clone());
             metrics::counter!("ensemble_call_errors_total", "actor" => actor, "name" => name, "kind" => kind)
                 .increment(1);
         }

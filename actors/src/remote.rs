@@ -3,7 +3,7 @@
 use crate::actor::{Handles, ProcessActor};
 use crate::error::{CallError, EventError, StopError};
 use crate::message::RemoteMessage;
-use crate::meter::Meter;
+use crate::meter::{Meter, Series};
 use ensemble_runtime::transport::{Limits, ProtocolError};
 use ensemble_runtime::{
     wire, Body, CallFailure, Connection, ExitInfo, PendingCall, ReadOn, SpawnConfig, SpawnError,
@@ -171,9 +171,11 @@ pub async fn spawn_with<A: ProcessActor>(actor: A, options: SpawnOptions) -> Res
         rx.await.map_err(|_| SpawnError::Launch(std::io::Error::other("the spawning thread died")))??;
     let connection = Connection::new(spawned, options.shutdown_timeout, reader_placement());
     tracing::debug!(pid = connection.process().pid(), name = connection.process().name(), "spawned");
+    let series = Series::new(connection.process().name(), A::KEY);
     Ok(Remote {
         connection: Arc::new(connection),
         shutdown_timeout: options.shutdown_timeout,
+        series,
         _actor: PhantomData,
     })
 }
@@ -197,6 +199,7 @@ fn reader_placement() -> ReadOn {
 pub struct Remote<A: ProcessActor> {
     connection: Arc<Connection>,
     shutdown_timeout: Duration,
+    series: Arc<Series>,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -350,7 +353,7 @@ impl<A: ProcessActor> Remote<A> {
 
     /// Starts timing a call, for the metrics and `ensemble ps`.
     fn meter(&self) -> Meter {
-        Meter::start(self.connection.process().record(), A::KEY)
+        Meter::start(self.connection.process().record(), &self.series)
     }
 
     /// Declares that the child broke the protocol (seen by a layer above the connection): it is
@@ -365,6 +368,7 @@ impl<A: ProcessActor> Clone for Remote<A> {
         Remote {
             connection: Arc::clone(&self.connection),
             shutdown_timeout: self.shutdown_timeout,
+            series: Arc::clone(&self.series),
             _actor: PhantomData,
         }
     }

@@ -210,9 +210,9 @@ enum Home {
 struct State {
     next_id: u64,
     pending: HashMap<u64, oneshot::Sender<Result<Body, CallFailure>>>,
-    /// The span each pending call was made in (when there was one): the child's log lines for
-    /// the call are re-emitted in it.
-    spans: HashMap<u64, tracing::Span>,
+    /// Where each pending call was made (when that says anything): the child's log lines for
+    /// the call are re-emitted there.
+    spans: HashMap<u64, crate::logs::Origin>,
     stopping: bool,
     broken: Option<ProtocolError>,
     exit: Option<ExitInfo>,
@@ -268,9 +268,8 @@ impl Connection {
             state.next_id += 1;
             let id = state.next_id;
             state.pending.insert(id, tx);
-            let span = tracing::Span::current();
-            if !span.is_none() {
-                state.spans.insert(id, span);
+            if let Some(origin) = crate::logs::Origin::here() {
+                state.spans.insert(id, origin);
             }
             id
         };

@@ -1,7 +1,9 @@
 //! A child's log lines, in its parent's subscriber.
 //!
 //! In a child, [`ForwardLayer`] (installed by the backend instead of a formatter on stderr)
-//! turns each tracing event into a [`LogRecord`] and queues it, never blocking: the queue holds
+//! turns each tracing event into a [`LogRecord`], tagged with the call whose handler logged it
+//! (the backend runs each handler [`in_call`]: a thread-local, no span per call), and queues it,
+//! never blocking: the queue holds
 //! [`QUEUE_LIMIT`] records, and what does not fit is counted as dropped. The backend sends the
 //! queue to the parent in `ToParent::Logs` frames: before each reply and event (so a handler's
 //! lines arrive before its reply, in order), [`FLUSH_EVERY`] after a line was queued outside a
@@ -16,15 +18,16 @@
 //! to stderr, as a child's own formatter would have.
 
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 /// The most records a child queues between two flushes; more are dropped and counted.
@@ -34,8 +37,46 @@ pub const QUEUE_LIMIT: usize = 4096;
 /// handler leave with its reply).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
-/// The span field that names the call a handler runs for.
-pub const CALL_FIELD: &str = "ensemble.call";
+thread_local! {
+    /// The call whose handler runs on this thread now, if any.
+    static CALL: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// The call whose handler runs on this thread now (set by the backend), if any.
+pub fn current_call() -> Option<u64> {
+    CALL.with(Cell::get)
+}
+
+/// Runs `f` as the handler of `call`: what it logs is tagged with it.
+pub fn in_call<R>(call: Option<u64>, f: impl FnOnce() -> R) -> R {
+    let outer = CALL.with(|c| c.replace(call));
+    let result = f();
+    CALL.with(|c| c.set(outer));
+    result
+}
+
+/// A future that runs as the handler of a call: each poll is [`in_call`].
+#[derive(Debug)]
+pub struct InCall<F> {
+    call: Option<u64>,
+    inner: F,
+}
+
+impl<F> InCall<F> {
+    /// Wraps `inner`, the handler of `call`.
+    pub fn new(call: Option<u64>, inner: F) -> InCall<F> {
+        InCall { call, inner }
+    }
+}
+
+impl<F: Future + Unpin> Future for InCall<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let call = self.call;
+        in_call(call, || Pin::new(&mut self.inner).poll(cx))
+    }
+}
 
 /// One event of a child.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,15 +153,11 @@ fn level_number(level: &Level) -> u8 {
     }
 }
 
-/// The call a span was opened for.
-struct CallId(u64);
-
 /// Formats an event's fields: the message first, then `key=value` for the others.
 #[derive(Default)]
 struct Fields {
     message: String,
     rest: String,
-    call: Option<u64>,
 }
 
 impl Visit for Fields {
@@ -139,50 +176,45 @@ impl Visit for Fields {
             let _ = write!(self.rest, " {}={value}", field.name());
         }
     }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        if field.name() == CALL_FIELD {
-            self.call = Some(value);
-        }
-        self.record_debug(field, &value);
-    }
 }
 
 /// The layer a child logs through: every event is queued for the parent (see the module docs).
 #[derive(Debug, Default)]
 pub struct ForwardLayer;
 
-impl<S> Layer<S> for ForwardLayer
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        attrs.record(&mut fields);
-        if let (Some(call), Some(span)) = (fields.call, ctx.span(id)) {
-            span.extensions_mut().insert(CallId(call));
-        }
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+impl<S: Subscriber> Layer<S> for ForwardLayer {
+    fn on_event(&self, event: &Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let call = ctx.event_scope(event).and_then(|scope| {
-            scope.from_root().filter_map(|span| span.extensions().get::<CallId>().map(|c| c.0)).last()
-        });
         let metadata = event.metadata();
         push(LogRecord {
             level: level_number(metadata.level()),
             target: metadata.target().to_owned(),
             message: fields.message + &fields.rest,
-            call,
+            call: current_call(),
         });
     }
 }
 
-/// Re-emits a child's records in this process (see the module docs). `span_of` gives the span
-/// a call was made in.
-pub(crate) fn emit(child: &str, pid: u32, batch: LogBatch, span_of: impl Fn(u64) -> Option<tracing::Span>) {
+/// Where a call was made: the span current then, and the call of this process's own handler
+/// that made it (in a child that calls a grandchild), so that re-emitted lines travel on up.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    pub span: tracing::Span,
+    pub call: Option<u64>,
+}
+
+impl Origin {
+    /// Where a call made now is made; `None` when nothing would be learned from it.
+    pub(crate) fn here() -> Option<Origin> {
+        let origin = Origin { span: tracing::Span::current(), call: current_call() };
+        (!origin.span.is_none() || origin.call.is_some()).then_some(origin)
+    }
+}
+
+/// Re-emits a child's records in this process (see the module docs). `origin_of` gives where
+/// a call was made.
+pub(crate) fn emit(child: &str, pid: u32, batch: LogBatch, origin_of: impl Fn(u64) -> Option<Origin>) {
     let subscribed = !tracing::dispatcher::get_default(|d| d.is::<tracing::subscriber::NoSubscriber>());
     if batch.dropped > 0 {
         tracing::warn!(target: "ensemble::child", child, pid, "{} log lines of the child were dropped (its queue was full)", batch.dropped);
@@ -192,8 +224,9 @@ pub(crate) fn emit(child: &str, pid: u32, batch: LogBatch, span_of: impl Fn(u64)
             eprintln!("{} {child}[{pid}] {}: {}", level_name(record.level), record.target, record.message);
             continue;
         }
-        let span = record.call.and_then(&span_of).unwrap_or_else(tracing::Span::none);
-        span.in_scope(|| emit_one(child, pid, &record));
+        let origin = record.call.and_then(&origin_of);
+        let (span, call) = origin.map_or((tracing::Span::none(), None), |o| (o.span, o.call));
+        span.in_scope(|| in_call(call, || emit_one(child, pid, &record)));
     }
 }
 
@@ -240,8 +273,7 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(ForwardLayer);
         tracing::subscriber::with_default(subscriber, || {
             let _ = take_batch();
-            let span = tracing::info_span!("call", ensemble.call = 42u64);
-            span.in_scope(|| tracing::warn!(answer = 7, "inside {}", "the handler"));
+            in_call(Some(42), || tracing::warn!(answer = 7, "inside {}", "the handler"));
             tracing::info!("outside");
         });
         let batch = take_batch().unwrap();
