@@ -599,8 +599,9 @@ where
         if let BatchSize::Fixed(n) = self.farm.config.batch {
             return n.max(1);
         }
-        // Leave a few batches per worker at the end, so that none sits idle while one finishes.
-        let slots = self.farm.workers.len() * self.farm.config.in_flight * 4;
+        // Leave a few batches per worker at the end, so that none sits idle while one finishes
+        // (the batches shrink as the inputs run out).
+        let slots = self.farm.workers.len() * self.farm.config.in_flight * 2;
         let remaining = self.inputs.size_hint().0;
         let balanced = if remaining > 0 { remaining.div_ceil(slots) } else { MAX_BATCH };
         self.batch.min(balanced).clamp(1, MAX_BATCH)
