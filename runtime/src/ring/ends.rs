@@ -259,7 +259,7 @@ pub fn channel(
         sequence: 0,
         checked: Instant::now(),
     };
-    let consumer = Consumer { end: End::new(core, consumer_waiter, Role::Consumer), done: None };
+    let consumer = Consumer { end: End::new(core, consumer_waiter, Role::Consumer), done: false };
     Ok((producer, consumer))
 }
 
@@ -602,8 +602,8 @@ impl<'de> Deserialize<'de> for Producer {
 /// See the [module docs](crate::ring).
 pub struct Consumer {
     end: End,
-    /// Set once the producer is gone or closed and nothing is left: what every later call says.
-    done: Option<Role>,
+    /// The stream ended (the producer closed or is gone, and nothing was left).
+    done: bool,
 }
 
 impl Consumer {
@@ -664,15 +664,25 @@ impl Consumer {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
+    /// The producer closed or is gone: what it committed before is still taken, then the end.
+    fn last_look(&mut self) -> Result<Slot, RingError> {
+        self.take()?.ok_or_else(|| self.end.peer_error())
+    }
+
+    // The waits below learn of a hang-up from their sleep, not from a system call per look.
     fn recv_until(&mut self, deadline: Option<Instant>) -> Result<Slot, RingError> {
         loop {
-            if let Some(slot) = self.try_recv()? {
+            if let Some(slot) = self.take()? {
                 return Ok(slot);
+            }
+            if self.end.peer_closed() {
+                return self.last_look();
             }
             let core = &self.end.core;
             let ready = || core.committed().looks_non_empty() || self.end.peer_closed();
             match self.end.waiter.sleep(self.end.sleeping(), ready, deadline)? {
-                Woke::Look | Woke::HungUp => {}
+                Woke::Look => {}
+                Woke::HungUp => return self.last_look(),
                 Woke::TimedOut => return Err(RingError::TimedOut),
             }
         }
@@ -680,9 +690,12 @@ impl Consumer {
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Slot, RingError>> {
         loop {
-            if let Some(slot) = self.try_recv()? {
+            if let Some(slot) = self.take()? {
                 self.end.waiter.settled();
                 return Poll::Ready(Ok(slot));
+            }
+            if self.end.peer_closed() {
+                return Poll::Ready(self.last_look());
             }
             let core = &self.end.core;
             let peer_closed = || core.side(at::PRODUCER, at::S_CLOSED).load(Ordering::SeqCst) != 0;
@@ -691,6 +704,7 @@ impl Consumer {
             match self.end.waiter.poll_sleep(cx, sleeping, ready) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(Ok(Woke::HungUp)) => return Poll::Ready(self.last_look()),
                 Poll::Ready(Ok(_)) => {}
             }
         }
@@ -716,17 +730,17 @@ impl futures_core::Stream for Consumer {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.done.is_some() {
+        if this.done {
             return Poll::Ready(None);
         }
         match this.poll_recv(cx) {
             Poll::Ready(Ok(slot)) => Poll::Ready(Some(Ok(slot))),
             Poll::Ready(Err(RingError::Closed { .. })) => {
-                this.done = Some(Role::Producer);
+                this.done = true;
                 Poll::Ready(None)
             }
             Poll::Ready(Err(e)) => {
-                this.done = Some(Role::Producer);
+                this.done = true;
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => Poll::Pending,
@@ -752,7 +766,7 @@ impl Serialize for Consumer {
 
 impl<'de> Deserialize<'de> for Consumer {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Consumer { end: End::deserialize(deserializer, Role::Consumer)?, done: None })
+        Ok(Consumer { end: End::deserialize(deserializer, Role::Consumer)?, done: false })
     }
 }
 
