@@ -96,8 +96,8 @@
 
 pub use ensemble_actors::{
     spawn, spawn_with, AsyncProcessHandler, Call, CallError, EventError, Events, Handles, HookError, Hooks,
-    NoEvents, ProcessActor, ProcessContext, ProcessHandler, Remote, RemoteMessage, SendOutError,
-    SpawnOptions, StopError, Supervised, Supervisor, SupervisorHandle,
+    LaneConfig, LaneStats, NoEvents, ProcessActor, ProcessContext, ProcessHandler, Remote, RemoteMessage,
+    SendOutError, SpawnOptions, StopError, Supervised, Supervisor, SupervisorHandle,
 };
 
 /// Supervision: restart policies, strategies, intensity, orderly shutdown (re-export of

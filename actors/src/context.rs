@@ -64,6 +64,7 @@ impl<A: ProcessActor> ProcessContext<A> {
             SendError::Full => SendOutError::Full,
             SendError::Closed => SendOutError::ParentGone,
             SendError::Io(e) => SendOutError::Io(e),
+            SendError::Protocol(e) => SendOutError::Io(std::io::Error::other(e)),
         })
     }
 

@@ -20,6 +20,8 @@ pub mod supervisor;
 
 pub use actor::{AsyncProcessHandler, Handles, HookError, Hooks, ProcessActor, ProcessHandler};
 pub use context::{ProcessContext, SendOutError};
+/// The shape of a fast lane's rings and what it counted (see [`SpawnOptions::fast_lane`]).
+pub use ensemble_runtime::transport::{LaneConfig, LaneStats};
 pub use error::{CallError, EventError, StopError};
 pub use farm::{Farm, FarmConfig, TaskError};
 pub use message::{NoEvents, RemoteMessage};

@@ -195,6 +195,9 @@ struct Reading {
     moved: AtomicBool,
     /// Counts the polls of the driver on the caller's runtime: the watchdog's sign of life.
     progress: AtomicU64,
+    /// The driver's task, woken when a call goes out through a fast lane so that it spins for
+    /// the reply instead of sleeping until a doorbell.
+    driver: Mutex<Option<std::task::Waker>>,
 }
 
 /// Where a driver runs.
@@ -275,10 +278,13 @@ impl Connection {
         };
         let pending = PendingCall { id, rx, core: Arc::clone(&self.core) };
         match self.core.outbox.send(&ToChild::Call { id, tag }, body, Admission::Bounded) {
-            Ok(()) => Ok(pending),
+            Ok(()) => {
+                self.core.look_for_reply();
+                Ok(pending)
+            }
             // The child's end is closed: it is exiting and will never read this.
             Err(SendError::Closed) => Err(CallFailure::NotDelivered),
-            Err(e) => Err(send_failure(e)),
+            Err(e) => Err(self.core.send_failure(e)),
         }
     }
 
@@ -291,7 +297,7 @@ impl Connection {
         match self.core.outbox.send(&ToChild::Cast { tag }, body, Admission::Bounded) {
             Ok(()) => Ok(()),
             Err(SendError::Closed) => Err(CallFailure::NotDelivered),
-            Err(e) => Err(send_failure(e)),
+            Err(e) => Err(self.core.send_failure(e)),
         }
     }
 
@@ -334,6 +340,11 @@ impl Connection {
         self.core.lock().exit.clone()
     }
 
+    /// What the fast lane to the child has done, if it has one.
+    pub fn lane_stats(&self) -> Option<crate::transport::LaneStats> {
+        self.core.outbox.link().lane_stats()
+    }
+
     /// How many hand-overs of segments to the child await its acknowledgement.
     pub fn handovers_in_flight(&self) -> usize {
         self.core.outbox.in_flight()
@@ -364,6 +375,7 @@ impl crate::introspect::StopChild for Core {
 
 fn send_failure(e: SendError) -> CallFailure {
     match e {
+        SendError::Protocol(e) => CallFailure::Protocol(e),
         SendError::Encode(WireError::TooLarge { len, limit }) => CallFailure::TooLarge { len, limit },
         SendError::Encode(e) => CallFailure::Encode(e.to_string()),
         SendError::Full => CallFailure::Full,
@@ -403,6 +415,26 @@ impl State {
 impl Core {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why a send failed, for the caller; garbage the child wrote into the fast lane's ring,
+    /// found while sending, is a protocol violation like any other.
+    fn send_failure(&self, e: SendError) -> CallFailure {
+        if let SendError::Protocol(error) = &e {
+            self.violation(error.clone());
+        }
+        send_failure(e)
+    }
+
+    /// A call went out: with a fast lane, the driver looks (and spins a while) for its reply
+    /// rather than sleep until the child rings.
+    fn look_for_reply(&self) {
+        if self.outbox.link().has_lane() {
+            let driver = self.reading.driver.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(driver) = driver {
+                driver.wake();
+            }
+        }
     }
 
     /// Starts the I/O thread's driver, once; a driver on a caller's runtime stops reading.
@@ -601,7 +633,11 @@ fn poll_connection(
     core.reading.progress.fetch_add(1, Ordering::Relaxed);
     // A failed flush means the child is gone; its pidfd will say so.
     let _ = driver.poll_flush(cx);
-    match driver.poll_frame(cx) {
+    let expecting = driver.link().has_lane() && {
+        *core.reading.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        !core.lock().pending.is_empty()
+    };
+    match driver.poll_frame_expecting(cx, expecting) {
         Poll::Ready(Ok(frame)) => {
             core.route(frame);
             if core.lock().broken.is_some() {

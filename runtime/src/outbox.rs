@@ -30,6 +30,9 @@ pub enum SendError {
     /// The kernel refused the frame (e.g. no memory for a large body).
     #[error("the frame could not be sent")]
     Io(#[source] std::io::Error),
+    /// The peer broke the protocol (garbage in the fast lane's ring).
+    #[error("the peer broke the protocol")]
+    Protocol(#[source] crate::transport::ProtocolError),
 }
 
 impl From<LinkSendError> for SendError {
@@ -39,6 +42,7 @@ impl From<LinkSendError> for SendError {
             LinkSendError::Closed => SendError::Closed,
             LinkSendError::TooLarge { len, limit } => SendError::Encode(WireError::TooLarge { len, limit }),
             LinkSendError::Io(e) => SendError::Io(e),
+            LinkSendError::Broken(e) => SendError::Protocol(e),
         }
     }
 }

@@ -54,6 +54,7 @@ mod index_queue;
 mod layout;
 mod wait;
 
+pub(crate) use ends::Exported;
 pub use ends::{channel, Consumer, CreateRingError, Producer, RingError, RingStats, Slot, SlotMut, WhenFull};
 pub use index_queue::Corrupt;
 pub use layout::GeometryError;

@@ -25,7 +25,7 @@ use crate::build::{BuildId, PROTOCOL_VERSION};
 use crate::process::{ChildProcess, ExitInfo, Launching};
 use crate::stderr_tail::StderrTail;
 use crate::sys::{self, socket};
-use crate::transport::{Admission, Frame, Limits, Link, ProtocolError, ReadError};
+use crate::transport::{Admission, Frame, LaneConfig, LaneError, Limits, Link, ProtocolError, ReadError};
 use crate::wire::{self, Failure, ToChild, ToParent};
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, OwnedFd};
@@ -79,6 +79,9 @@ pub struct SpawnConfig {
     /// How many frames wait for room in the socket before sends are refused or wait.
     /// Default: [`DEFAULT_SEND_QUEUE`].
     pub send_queue: usize,
+    /// Open a fast lane (frames through shared-memory rings while both sides are busy; see
+    /// [`transport::LaneConfig`](crate::transport::LaneConfig)). Default: none.
+    pub fast_lane: Option<LaneConfig>,
 }
 
 impl Default for SpawnConfig {
@@ -91,6 +94,7 @@ impl Default for SpawnConfig {
             env: Vec::new(),
             limits: Limits::default(),
             send_queue: DEFAULT_SEND_QUEUE,
+            fast_lane: None,
         }
     }
 }
@@ -158,6 +162,10 @@ pub enum SpawnError {
     /// Reading the connection failed on this side (e.g. out of descriptors).
     #[error("the handshake failed on this side")]
     Local(#[source] std::io::Error),
+    /// The fast lane asked for could not be opened (no memory for its rings, ...); the child
+    /// was stopped.
+    #[error("could not open the fast lane")]
+    Lane(#[source] LaneError),
     /// The spawn was given up before it began, e.g. because the supervisor that was to start
     /// the child has ended.
     #[error("the spawn was abandoned: {0}")]
@@ -216,6 +224,9 @@ pub fn spawn(
     let handshake = Handshake { link: &link, process: &process };
     handshake.hello(config.handshake_timeout)?;
     handshake.start(actor, state, fds, config)?;
+    if let Some(lane) = config.fast_lane {
+        link.offer_lane(lane, process.pid()).map_err(|e| handshake.refuse(SpawnError::Lane(e)))?;
+    }
     process.record().set_state(crate::introspect::ActorState::Running);
     Ok(Spawned { process, link })
 }

@@ -16,6 +16,6 @@ pub(crate) mod shm;
 pub(crate) mod socket;
 
 pub use process::{
-    cpus_allowed, die_with_parent, ignore_signal, kernel_version, kill, pidfd_open, pin_to_cpu,
+    cpu_set, cpus_allowed, die_with_parent, ignore_signal, kernel_version, kill, pidfd_open, pin_to_cpu,
     raise_nofile_limit, set_thread_name, Signal,
 };

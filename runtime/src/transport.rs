@@ -22,9 +22,11 @@
 //! - Descriptors travel with frames (`SCM_RIGHTS`, at most 253), close-on-exec on arrival.
 
 pub mod framing;
+mod lane;
 mod link;
 
 pub use framing::{Limits, ProtocolError};
+pub use lane::{LaneConfig, LaneError, LaneStats};
 #[cfg(test)]
 pub(crate) use link::inline_max;
 pub use link::{Admission, Frame, FrameBuf, Link, LinkDriver, LinkSendError, Payload, ReadError};

@@ -321,6 +321,17 @@ impl End {
         self.core.side(self.role.peer().line(), at::S_CLOSED).load(Ordering::SeqCst) != 0
     }
 
+    /// The words the peer writes about itself hold what a correct peer writes (0 or 1).
+    fn check_peer(&self) -> Result<(), Corrupt> {
+        let line = self.role.peer().line();
+        for (word, name) in [(at::S_CLOSED, "closed flag"), (at::S_SLEEPING, "sleeping flag")] {
+            if self.core.side(line, word).load(Ordering::Relaxed) > 1 {
+                return Err(Corrupt(name));
+            }
+        }
+        Ok(())
+    }
+
     /// The error for a peer that is no longer there.
     fn peer_error(&self) -> RingError {
         let peer = self.role.peer();
@@ -370,12 +381,37 @@ impl End {
         let segment =
             transfer::open(wire.segment, wire.segment_len as usize, true).map_err(D::Error::custom)?;
         let own = transfer::open_fd(wire.socket).map_err(D::Error::custom)?;
+        End::adopt(segment, own, role).map_err(D::Error::custom)
+    }
+
+    /// Takes up an end received as its segment and its socket, checking both.
+    fn adopt(segment: Arc<Segment>, own: OwnedFd, role: Role) -> Result<End, String> {
         if !socket::is_stream(own.as_fd()) {
-            return Err(D::Error::custom("a ring end's socket is not a unix stream socket"));
+            return Err("a ring end's socket is not a unix stream socket".into());
         }
-        let core = Core::adopt(segment).map_err(D::Error::custom)?;
+        let core = Core::adopt(segment)?;
         core.claim_line(role.line());
         Ok(End::new(Arc::new(core), Waiter::new(Arc::new(own)), role))
+    }
+
+    /// What another process needs to take this end up: its segment's descriptor and length and
+    /// its socket (duplicates). This copy no longer closes the end when dropped.
+    fn export(&self) -> io::Result<Exported> {
+        let exported = Exported {
+            segment: self.core.memory.segment().fd().try_clone_to_owned()?,
+            segment_len: self.core.memory.segment().len() as u64,
+            socket: self.waiter.socket.try_clone()?,
+        };
+        self.moved.store(true, Ordering::SeqCst);
+        Ok(exported)
+    }
+
+    /// Takes up an end another process [exported](End::export).
+    fn import(exported: &Exported, role: Role) -> Result<End, String> {
+        let len = usize::try_from(exported.segment_len).map_err(|_| "a ring's length is out of range")?;
+        let segment = Segment::adopt(exported.segment.as_fd(), len, true).map_err(|e| e.to_string())?;
+        let own = exported.socket.try_clone().map_err(|e| e.to_string())?;
+        End::adopt(segment, own, role)
     }
 }
 
@@ -404,6 +440,15 @@ struct EndWire {
     segment_len: u64,
     /// Its socket of the ring's pair.
     socket: u32,
+}
+
+/// An end on its way to another process outside a message (the transport's fast lane sets up
+/// its rings this way): duplicates of its descriptors and its segment's length.
+#[derive(Debug)]
+pub(crate) struct Exported {
+    pub segment: OwnedFd,
+    pub segment_len: u64,
+    pub socket: OwnedFd,
 }
 
 /// The producing end of a ring: one per ring, movable between processes in messages.
@@ -481,6 +526,35 @@ impl Producer {
         slot.commit(frame.len())
     }
 
+    /// Hands this end to another process outside a message (see [`Exported`]).
+    pub(crate) fn export(&self) -> io::Result<Exported> {
+        let spare = self.spare.swap(NONE, Ordering::Relaxed);
+        if spare != NONE {
+            self.end.core.free().push(spare).map_err(io::Error::other)?;
+        }
+        self.end.export()
+    }
+
+    /// Takes up a producing end another process exported.
+    pub(crate) fn import(exported: &Exported) -> Result<Producer, String> {
+        let end = End::import(exported, Role::Producer)?;
+        let sequence = end.core.side(at::PRODUCER, at::S_COMMITS).load(Ordering::Relaxed);
+        Ok(Producer { end, spare: AtomicU64::new(NONE), sequence, checked: Instant::now() })
+    }
+
+    /// Ready once a slot is free (it is kept for the next claim); until then the task sleeps
+    /// and is woken when the consumer gives one back.
+    pub(crate) fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RingError>> {
+        match self.poll_take(cx) {
+            Poll::Ready(Ok(index)) => {
+                self.spare.store(u64::from(index), Ordering::Relaxed);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     fn claim_until(&mut self, deadline: Option<Instant>) -> Result<SlotMut<'_>, RingError> {
         loop {
             if let Some(index) = self.take_buffer()? {
@@ -527,6 +601,7 @@ impl Producer {
 
     /// A buffer to write: the spare, a free one, or (overwriting) the oldest committed one.
     fn take_buffer(&mut self) -> Result<Option<u32>, RingError> {
+        self.end.check_peer()?;
         if self.end.peer_closed() {
             return Err(self.end.peer_error());
         }
@@ -664,6 +739,45 @@ impl Consumer {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
+    /// Takes up a consuming end another process exported.
+    pub(crate) fn import(exported: &Exported) -> Result<Consumer, String> {
+        Ok(Consumer { end: End::import(exported, Role::Consumer)?, done: false })
+    }
+
+    /// Hands this end to another process outside a message (see [`Exported`]).
+    pub(crate) fn export(&self) -> io::Result<Exported> {
+        self.end.export()
+    }
+
+    /// The oldest committed slot, if one is there now: no system call, no look at the peer.
+    pub(crate) fn take_now(&mut self) -> Result<Option<Slot>, RingError> {
+        self.take()
+    }
+
+    /// Whether a committed slot seems to be there (or the producer closed): for a spin.
+    pub(crate) fn looks_ready(&self) -> bool {
+        self.end.core.committed().looks_non_empty() || self.end.peer_closed()
+    }
+
+    /// This side is awake and looking: the producer need not ring. (A task woken by anything
+    /// else than the doorbell still has the flag it set before it slept.) Set again, with the
+    /// re-check, before it sleeps next.
+    pub(crate) fn awake(&self) {
+        let sleeping = self.end.sleeping();
+        if sleeping.load(Ordering::Relaxed) != 0 {
+            sleeping.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Fills the whole ring with 0xFF, as a buggy peer's stray write would.
+    #[cfg(test)]
+    pub(crate) fn scribble(&self) {
+        let words = self.end.core.memory.segment().len() / 8;
+        for word in self.end.core.memory.words(0, words) {
+            word.store(u64::MAX, Ordering::Relaxed);
+        }
+    }
+
     /// The producer closed or is gone: what it committed before is still taken, then the end.
     fn last_look(&mut self) -> Result<Slot, RingError> {
         self.take()?.ok_or_else(|| self.end.peer_error())
@@ -688,7 +802,7 @@ impl Consumer {
         }
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Slot, RingError>> {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Slot, RingError>> {
         loop {
             if let Some(slot) = self.take()? {
                 self.end.waiter.settled();
@@ -711,6 +825,7 @@ impl Consumer {
     }
 
     fn take(&mut self) -> Result<Option<Slot>, RingError> {
+        self.end.check_peer()?;
         let core = &self.end.core;
         let Some(index) = core.committed().pop()? else { return Ok(None) };
         let index = index as u32;

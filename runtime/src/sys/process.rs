@@ -108,6 +108,24 @@ pub fn cpus_allowed() -> usize {
     }
 }
 
+/// The CPUs process `pid` (0: the calling thread) may run on, in ascending order.
+///
+/// # Errors
+/// The `sched_getaffinity` error (`ESRCH` for a process that is gone).
+pub fn cpu_set(pid: u32) -> io::Result<Vec<usize>> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity writes at most
+    // `size_of::<cpu_set_t>()` bytes into the live local, and CPU_ISSET only reads it, with an
+    // index below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect())
+    }
+}
+
 /// Sets the kernel name of the calling thread (what `top` and `ps -o comm` show), truncated to
 /// the kernel's 15 bytes. On the main thread this is the process name.
 pub fn set_thread_name(name: &str) {
@@ -193,6 +211,7 @@ mod tests {
         });
         assert_eq!(handle.join().unwrap().unwrap(), 1);
         assert!(cpus_allowed() >= 1);
+        assert_eq!(cpu_set(0).unwrap().len(), cpus_allowed());
     }
 
     #[test]

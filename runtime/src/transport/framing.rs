@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | 0 | magic | `0xE5` |
 //! | 1 | transport version | [`TRANSPORT_VERSION`] |
-//! | 2 | body kind | 0: the frame follows inline; 1: the frame is in the last attached memfd |
+//! | 2 | body kind | 0: the frame follows inline; 1: the frame is in the last attached memfd; 2: a fast-lane switch-over (see [`lane`](super::lane)), at most 64 bytes inline |
 //! | 3 | descriptors | how many descriptors the frame carries, not counting a body memfd |
 //! | 4..8 | reserved | zero |
 //! | 8..16 | length | the frame's length in bytes, little-endian |
@@ -17,10 +17,11 @@ use std::fmt;
 /// The length of the header.
 pub const HEADER_LEN: usize = 16;
 /// The version of this framing. A peer that speaks another is refused.
-pub const TRANSPORT_VERSION: u8 = 1;
+pub const TRANSPORT_VERSION: u8 = 2;
 const MAGIC: u8 = 0xE5;
 const INLINE: u8 = 0;
 const MEMFD: u8 = 1;
+const LANE: u8 = 2;
 
 /// How large a message may be, per connection.
 ///
@@ -55,6 +56,11 @@ pub enum Layout {
     Memfd {
         /// The frame's length.
         len: u64,
+    },
+    /// A fast-lane switch-over of `len` bytes inline (an offer, or its answer: empty).
+    Lane {
+        /// The body's length.
+        len: usize,
     },
 }
 
@@ -124,6 +130,10 @@ pub enum ProtocolError {
     /// The peer closed its end of the connection but did not exit.
     #[error("the peer closed its connection without exiting")]
     ClosedWhileAlive,
+    /// The peer wrote into the fast lane's ring what no correct peer writes (a slot length or a
+    /// buffer index out of range), or switched over to the lane out of turn.
+    #[error("the fast lane: {0}")]
+    Lane(String),
     /// The child's events piled up unread past what the parent holds for it.
     #[error("{events} events ({bytes} bytes, {descriptors} descriptors) piled up unread, past the limit of {limit}")]
     EventsUnread {
@@ -149,6 +159,13 @@ pub fn header(len: u64, in_memfd: bool, fds: u8) -> [u8; HEADER_LEN] {
     header
 }
 
+/// Writes the header of a fast-lane switch-over of `len` bytes carrying `fds` descriptors.
+pub(crate) fn lane_header(len: usize, fds: u8) -> [u8; HEADER_LEN] {
+    let mut header = header(len as u64, false, fds);
+    header[2] = LANE;
+    header
+}
+
 /// Checks a received datagram: `datagram` is what arrived (at most the receive buffer),
 /// `truncated` whether the kernel cut it, `fds` how many descriptors came with it.
 ///
@@ -171,7 +188,7 @@ pub fn check(datagram: &[u8], truncated: bool, fds: usize, limits: Limits) -> Re
     if header[1] != TRANSPORT_VERSION {
         return Err(ProtocolError::WrongVersion { ours: TRANSPORT_VERSION, theirs: header[1] });
     }
-    if header[4..8] != [0; 4] || header[2] > MEMFD {
+    if header[4..8] != [0; 4] || header[2] > LANE {
         return Err(ProtocolError::BadHeader { kind: header[2] });
     }
     let len = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
@@ -184,6 +201,12 @@ pub fn check(datagram: &[u8], truncated: bool, fds: usize, limits: Limits) -> Re
         return Err(ProtocolError::UnexpectedDescriptors { announced, received: fds });
     }
     let after = (datagram.len() - HEADER_LEN) as u64;
+    if header[2] == LANE {
+        return match len == after && len <= super::lane::MAX_LANE_BODY as u64 {
+            true => Ok(Layout::Lane { len: after as usize }),
+            false => Err(ProtocolError::LengthMismatch { announced: len, actual: after }),
+        };
+    }
     match in_memfd {
         false if len == 0 || len != after => {
             Err(ProtocolError::LengthMismatch { announced: len, actual: after })
@@ -201,6 +224,7 @@ impl fmt::Display for Layout {
         match self {
             Layout::Inline { len } => write!(f, "{len} bytes inline"),
             Layout::Memfd { len } => write!(f, "{len} bytes in a memfd"),
+            Layout::Lane { len } => write!(f, "a fast-lane switch-over of {len} bytes"),
         }
     }
 }
@@ -225,6 +249,14 @@ mod tests {
         let with_fds = datagram(header(1, false, 2), b"x");
         assert_eq!(check(&with_fds, false, 2, LIMITS), Ok(Layout::Inline { len: 1 }));
         assert_eq!(check(&header(5000, true, 1), false, 2, LIMITS), Ok(Layout::Memfd { len: 5000 }));
+        assert_eq!(check(&lane_header(0, 0), false, 0, LIMITS), Ok(Layout::Lane { len: 0 }));
+        let offer = datagram(lane_header(16, 4), &[0; 16]);
+        assert_eq!(check(&offer, false, 4, LIMITS), Ok(Layout::Lane { len: 16 }));
+        let huge = datagram(lane_header(65, 0), &[0; 65]);
+        assert_eq!(
+            check(&huge, false, 0, LIMITS),
+            Err(ProtocolError::LengthMismatch { announced: 65, actual: 65 })
+        );
     }
 
     /// Each malformed shape and the rule it breaks.
@@ -241,7 +273,7 @@ mod tests {
             (vec![0xE5, 1, 0], false, 0, ProtocolError::Short(3)),
             (datagram(good, b"abc"), true, 0, ProtocolError::Oversized),
             (with(0, 0), false, 0, ProtocolError::BadMagic(0)),
-            (with(1, 9), false, 0, ProtocolError::WrongVersion { ours: 1, theirs: 9 }),
+            (with(1, 9), false, 0, ProtocolError::WrongVersion { ours: TRANSPORT_VERSION, theirs: 9 }),
             (with(2, 7), false, 0, ProtocolError::BadHeader { kind: 7 }),
             (with(5, 1), false, 0, ProtocolError::BadHeader { kind: 0 }),
             (datagram(good, b"ab"), false, 0, ProtocolError::LengthMismatch { announced: 3, actual: 2 }),
@@ -289,6 +321,7 @@ mod tests {
             match check(&bytes, false, fds, LIMITS) {
                 Ok(Layout::Inline { len }) => prop_assert_eq!(len + HEADER_LEN, bytes.len()),
                 Ok(Layout::Memfd { len }) => prop_assert!(len > 0 && len <= 1 << 20),
+                Ok(Layout::Lane { len }) => prop_assert!(len + HEADER_LEN == bytes.len() && len <= 64),
                 Err(_) => {}
             }
         }
@@ -296,7 +329,7 @@ mod tests {
         /// Headers that start right (magic and version) but carry arbitrary fields.
         #[test]
         fn arbitrary_headers_never_panic(rest in proptest::collection::vec(any::<u8>(), 14..40), fds in 0usize..300) {
-            let mut bytes = vec![0xE5, 1];
+            let mut bytes = vec![0xE5, TRANSPORT_VERSION];
             bytes.extend(rest);
             let _ = check(&bytes, false, fds, LIMITS);
         }

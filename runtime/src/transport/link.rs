@@ -2,6 +2,8 @@
 //! and flushing, polled by a tokio reactor.
 
 use super::framing::{self, Layout, Limits, ProtocolError, HEADER_LEN};
+use super::lane::{self, Item, LaneConfig, LaneError, LaneRx, LaneStats};
+use crate::ring::{Producer, RingError};
 use crate::sys::memfd::{self, BodyWriter};
 use crate::sys::reactor::{self, Owner};
 use crate::sys::socket;
@@ -10,6 +12,7 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::ops::Deref;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -60,6 +63,9 @@ pub enum LinkSendError {
     /// The kernel refused (e.g. no memory for a large body's memfd).
     #[error("the frame could not be sent")]
     Io(#[source] io::Error),
+    /// The peer broke the protocol (it wrote garbage into the fast lane's ring).
+    #[error("the peer broke the protocol")]
+    Broken(#[source] ProtocolError),
 }
 
 /// Why no frame could be read.
@@ -200,7 +206,8 @@ impl FrameBuf {
         let bounded = admission == Admission::Bounded;
         Ok(match self.inner {
             Spill::Inline(bytes) => {
-                Datagram { header: framing::header(self.len, false, user_fds), inline: bytes, fds, bounded }
+                let header = framing::header(self.len, false, user_fds);
+                Datagram { header, inline: bytes, fds, bounded, route: Route::Socket }
             }
             Spill::Memfd(writer) => {
                 let mut fds = fds;
@@ -210,6 +217,7 @@ impl FrameBuf {
                     inline: Vec::new(),
                     fds,
                     bounded,
+                    route: Route::Socket,
                 }
             }
         })
@@ -244,9 +252,42 @@ struct Datagram {
     inline: Vec<u8>,
     fds: Vec<OwnedFd>,
     bounded: bool,
+    route: Route,
+}
+
+/// Which way a frame leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// On the socket (no lane, or its marker is in the ring already).
+    Socket,
+    /// A marker in the lane's ring, then the frame on the socket.
+    Marked,
+    /// In a slot of the lane's ring.
+    Ring,
+}
+
+/// How far a flush got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flushed {
+    /// Everything queued left.
+    Empty,
+    /// The socket is full.
+    SocketFull,
+    /// The lane's ring is full.
+    RingFull,
 }
 
 impl Datagram {
+    /// The way this frame leaves a link whose lane has slots of `slot_size` bytes.
+    fn lane_route(&self, slot_size: usize) -> Route {
+        let inline = self.header[2] == 0 && self.fds.is_empty();
+        if inline && self.inline.len() <= slot_size {
+            Route::Ring
+        } else {
+            Route::Marked
+        }
+    }
+
     fn send(&self, socket: BorrowedFd<'_>) -> io::Result<()> {
         let fds: Vec<BorrowedFd<'_>> = self.fds.iter().map(AsFd::as_fd).collect();
         socket::send_datagram(socket, &[&self.header, &self.inline], &fds).map(drop)
@@ -260,6 +301,10 @@ pub struct Link {
     limits: Limits,
     capacity: usize,
     out: Mutex<Outgoing>,
+    /// The fast lane's reading side, once there is one; locked by the one reader.
+    rx: Mutex<Option<LaneRx>>,
+    /// Whether frames are sent through a fast lane.
+    lane_on: AtomicBool,
 }
 
 #[derive(Default)]
@@ -271,12 +316,131 @@ struct Outgoing {
     flusher: Option<Waker>,
     /// Senders waiting for room.
     room: Vec<Waker>,
+    /// The fast lane's producing end: frames leave through it (or leave a marker in it).
+    lane: Option<Producer>,
 }
 
 impl Link {
     /// Wraps one end of a seqpacket pair (non-blocking) with a queue of `capacity` frames.
     pub fn new(socket: OwnedFd, limits: Limits, capacity: usize) -> Link {
-        Link { socket, limits, capacity: capacity.max(1), out: Mutex::new(Outgoing::default()) }
+        Link {
+            socket,
+            limits,
+            capacity: capacity.max(1),
+            out: Mutex::new(Outgoing::default()),
+            rx: Mutex::new(None),
+            lane_on: AtomicBool::new(false),
+        }
+    }
+
+    /// Opens a fast lane to the child `peer` on the other end (see [`lane`](super::lane)):
+    /// from now on this side's frames follow the lane's order, and the child's do once it has
+    /// answered. Called by the parent, once, before it reads the connection.
+    ///
+    /// # Errors
+    /// When the rings cannot be made or handed over; the connection is unchanged then.
+    pub fn offer_lane(&self, config: LaneConfig, peer: u32) -> Result<(), LaneError> {
+        let (offer, producer, consumer) = lane::create(config)?;
+        let (body, fds) = offer.encode();
+        *self.lock_rx() = Some(LaneRx::new(consumer, false, peer));
+        self.switch_over(producer, &body, fds).map_err(|e| match e {
+            LinkSendError::Io(e) => LaneError::Io(e),
+            _ => LaneError::Closed,
+        })
+    }
+
+    /// What this side's fast lane has done, if it has one.
+    pub fn lane_stats(&self) -> Option<LaneStats> {
+        let mut stats = self.lock_rx().as_ref()?.stats();
+        stats.sent = self.lock().lane.as_ref().map_or(0, |producer| producer.stats().committed);
+        Some(stats)
+    }
+
+    /// Whether this side sends through a fast lane.
+    pub fn has_lane(&self) -> bool {
+        self.lane_on.load(Ordering::Relaxed)
+    }
+
+    /// Sends a lane switch-over (`body`, `fds`) in socket order, then routes every later frame
+    /// through `producer`.
+    fn switch_over(&self, producer: Producer, body: &[u8], fds: Vec<OwnedFd>) -> Result<(), LinkSendError> {
+        let count = u8::try_from(fds.len()).expect("a switch-over carries at most four descriptors");
+        let mut datagram = Datagram {
+            header: framing::lane_header(body.len(), count),
+            inline: body.to_vec(),
+            fds,
+            bounded: false,
+            route: Route::Socket,
+        };
+        let mut out = self.lock();
+        if out.queue.is_empty() {
+            if !self.try_send(&mut out.lane, &mut datagram)? {
+                out.queue.push_back(datagram);
+            }
+        } else {
+            out.queue.push_back(datagram);
+        }
+        out.lane = Some(producer);
+        self.lane_on.store(true, Ordering::Relaxed);
+        if let Some(flusher) = out.flusher.take() {
+            flusher.wake();
+        }
+        Ok(())
+    }
+
+    /// Takes up the lane a parent offered; its frames are read in ring order from here on,
+    /// and ours follow once our answer is sent.
+    fn accept_lane(&self, body: &[u8], fds: Vec<OwnedFd>) -> Result<(), ReadError> {
+        let mut rx = self.lock_rx();
+        if rx.is_some() {
+            return Err(ReadError::Protocol(ProtocolError::Lane("a second offer".into())));
+        }
+        let (consumer, producer) = lane::Offer::accept(body, fds)?;
+        *rx = Some(LaneRx::new(consumer, true, std::os::unix::process::parent_id()));
+        drop(rx);
+        self.switch_over(producer, &[], Vec::new()).map_err(|e| ReadError::Local(io::Error::other(e)))
+    }
+
+    /// A lane datagram was read: the parent's offer, or the child's answer to ours.
+    fn lane_datagram(&self, body: Vec<u8>, fds: Vec<OwnedFd>) -> Result<(), ReadError> {
+        let mut rx = self.lock_rx();
+        match rx.as_mut() {
+            Some(lane) if body.is_empty() && fds.is_empty() => Ok(lane.switched()?),
+            Some(_) => {
+                Err(ReadError::Protocol(ProtocolError::Lane("an offer where an answer was due".into())))
+            }
+            None => {
+                drop(rx);
+                self.accept_lane(&body, fds)
+            }
+        }
+    }
+
+    fn lock_rx(&self) -> MutexGuard<'_, Option<LaneRx>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `datagram` now if its way is free; whether it left. A `Marked` frame whose marker
+    /// went in but whose socket was full becomes `Socket`.
+    fn try_send(&self, lane: &mut Option<Producer>, datagram: &mut Datagram) -> Result<bool, LinkSendError> {
+        if datagram.route == Route::Socket {
+            return match datagram.send(self.socket.as_fd()) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) => Err(send_error(e)),
+            };
+        }
+        let producer = lane.as_mut().expect("a lane route is only taken with a lane");
+        let Some(mut slot) = producer.try_claim().map_err(ring_send_error)? else { return Ok(false) };
+        if datagram.route == Route::Ring {
+            let len = datagram.inline.len();
+            slot[..len].copy_from_slice(&datagram.inline);
+            slot.commit(len).map_err(ring_send_error)?;
+            return Ok(true);
+        }
+        slot.commit(0).map_err(ring_send_error)?;
+        datagram.route = Route::Socket;
+        self.try_send(lane, datagram)
     }
 
     /// This connection's limits.
@@ -310,13 +474,14 @@ impl Link {
             return Err(frame.too_large());
         }
         // With an empty queue there is always room; with a queue, room is checked under the lock.
-        let datagram = frame.into_datagram(fds, admission)?;
+        let mut datagram = frame.into_datagram(fds, admission)?;
         let mut out = self.lock();
+        if let Some(producer) = &out.lane {
+            datagram.route = datagram.lane_route(producer.slot_size());
+        }
         if out.queue.is_empty() {
-            match datagram.send(self.socket.as_fd()) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(send_error(e)),
+            if self.try_send(&mut out.lane, &mut datagram)? {
+                return Ok(());
             }
         } else if datagram.bounded && out.bounded >= self.capacity {
             return Err(LinkSendError::Full);
@@ -358,16 +523,36 @@ impl Link {
     pub fn flush_blocking(&self, timeout: Duration) -> Result<(), LinkSendError> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.flush_some() {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => return Err(send_error(e)),
-            }
+            let flushed = self.flush_some()?;
             let left = deadline.saturating_duration_since(Instant::now());
+            if flushed == Flushed::Empty {
+                return Ok(());
+            }
             if left.is_zero() {
                 return Err(LinkSendError::Io(io::ErrorKind::TimedOut.into()));
             }
-            let _ = socket::wait_writable(self.socket.as_fd(), left.min(Duration::from_millis(50)));
+            let wait = left.min(Duration::from_millis(50));
+            if flushed == Flushed::SocketFull {
+                let _ = socket::wait_writable(self.socket.as_fd(), wait);
+                continue;
+            }
+            let mut out = self.lock();
+            let producer = out.lane.as_mut().expect("a full ring means a lane");
+            // A slot dropped uncommitted goes to the next claim: the flush's.
+            let claimed = producer.claim_timeout(wait).map(drop);
+            match claimed {
+                Ok(()) | Err(RingError::TimedOut) => {}
+                Err(e) => return Err(ring_send_error(e)),
+            }
+        }
+    }
+
+    /// Ready once the lane's ring has a free slot for the head of the queue.
+    fn poll_lane_room(&self, cx: &mut Context<'_>) -> Poll<Result<(), LinkSendError>> {
+        let mut out = self.lock();
+        match out.lane.as_mut() {
+            Some(producer) => producer.poll_room(cx).map_err(ring_send_error),
+            None => Poll::Ready(Ok(())),
         }
     }
 
@@ -376,36 +561,60 @@ impl Link {
     /// # Errors
     /// As [`LinkDriver::poll_frame`].
     pub fn recv_now(&self) -> Result<Option<Frame>, ReadError> {
-        let mut buf = vec![0u8; RECEIVE_BUFFER];
-        match socket::recv_datagram(self.socket.as_fd(), &mut buf) {
-            Ok(received) => self.frame_from(&buf, received).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(read_error(e)),
-        }
-    }
-
-    /// Sends queued datagrams until the queue is empty (`true`) or the socket is full.
-    fn flush_some(&self) -> io::Result<bool> {
-        let mut out = self.lock();
-        while let Some(datagram) = out.queue.front() {
-            match datagram.send(self.socket.as_fd()) {
-                Ok(()) => {
-                    let sent = out.queue.pop_front().expect("front exists");
-                    if sent.bounded {
-                        out.bounded -= 1;
-                        for waker in out.room.drain(..) {
-                            waker.wake();
-                        }
-                    }
+        let mut buf = Vec::new();
+        loop {
+            let mut rx = self.lock_rx();
+            if let Some(lane) = rx.as_mut().filter(|lane| lane.reads_ring()) {
+                match lane.take_now()? {
+                    Some(Item::Frame(bytes)) => return Ok(Some(self.lane_frame(bytes)?)),
+                    Some(Item::Marker) => continue,
+                    None => return Ok(None),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
+            }
+            drop(rx);
+            if buf.is_empty() {
+                buf = vec![0u8; RECEIVE_BUFFER];
+            }
+            match socket::recv_datagram(self.socket.as_fd(), &mut buf) {
+                Ok(received) => match self.frame_from(&buf, received)? {
+                    Incoming::Frame(frame) => return Ok(Some(frame)),
+                    Incoming::Lane { body, fds } => self.lane_datagram(body, fds)?,
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(read_error(e)),
             }
         }
-        Ok(true)
     }
 
-    fn frame_from(&self, buf: &[u8], received: socket::Received) -> Result<Frame, ReadError> {
+    /// A frame read from the lane's ring.
+    fn lane_frame(&self, bytes: Vec<u8>) -> Result<Frame, ReadError> {
+        if bytes.len() > self.limits.max_message {
+            let error = ProtocolError::TooLarge { len: bytes.len() as u64, limit: self.limits.max_message };
+            return Err(ReadError::Protocol(error));
+        }
+        Ok(Frame { bytes: Payload::Inline(bytes), fds: Vec::new(), sender: None })
+    }
+
+    /// Sends queued datagrams until the queue is empty or its head's way is full.
+    fn flush_some(&self) -> Result<Flushed, LinkSendError> {
+        let mut out = self.lock();
+        loop {
+            let Outgoing { queue, lane, .. } = &mut *out;
+            let Some(head) = queue.front_mut() else { return Ok(Flushed::Empty) };
+            if !self.try_send(lane, head)? {
+                return Ok(if head.route == Route::Socket { Flushed::SocketFull } else { Flushed::RingFull });
+            }
+            let sent = out.queue.pop_front().expect("front exists");
+            if sent.bounded {
+                out.bounded -= 1;
+                for waker in out.room.drain(..) {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    fn frame_from(&self, buf: &[u8], received: socket::Received) -> Result<Incoming, ReadError> {
         let socket::Received { len, truncated, control_truncated, mut fds, sender_pid: sender } = received;
         if len == 0 && fds.is_empty() && !truncated {
             return Err(if socket::peer_hung_up(self.socket.as_fd()) {
@@ -418,21 +627,46 @@ impl Link {
             let why = "descriptors attached to a frame were dropped: this process's descriptor table is full";
             return Err(ReadError::Local(io::Error::other(why)));
         }
-        match framing::check(&buf[..len], truncated, fds.len(), self.limits)? {
-            Layout::Inline { len } => {
-                Ok(Frame { bytes: Payload::Inline(buf[HEADER_LEN..HEADER_LEN + len].to_vec()), fds, sender })
-            }
+        let bytes = match framing::check(&buf[..len], truncated, fds.len(), self.limits)? {
+            Layout::Inline { len } => Payload::Inline(buf[HEADER_LEN..HEADER_LEN + len].to_vec()),
             Layout::Memfd { len } => {
                 let body = fds.pop().expect("checked: a body memfd is attached");
                 let map = memfd::map_body(body.as_fd(), len)
                     .map_err(|e| ProtocolError::Body(crate::error_chain(&e)))?;
-                Ok(Frame { bytes: Payload::Mapped(map), fds, sender })
+                Payload::Mapped(map)
             }
+            Layout::Lane { len } => {
+                return Ok(Incoming::Lane { body: buf[HEADER_LEN..HEADER_LEN + len].to_vec(), fds });
+            }
+        };
+        if let Some(lane) = self.lock_rx().as_mut() {
+            lane.socket_frame_read();
         }
+        Ok(Incoming::Frame(Frame { bytes, fds, sender }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Outgoing> {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a datagram on the socket holds.
+enum Incoming {
+    Frame(Frame),
+    /// A fast-lane switch-over.
+    Lane {
+        body: Vec<u8>,
+        fds: Vec<OwnedFd>,
+    },
+}
+
+/// A ring error met while sending: the peer gone, or its writes corrupt.
+fn ring_send_error(e: RingError) -> LinkSendError {
+    match e {
+        RingError::PeerGone { .. } | RingError::Closed { .. } => LinkSendError::Closed,
+        RingError::Corrupt(corrupt) => LinkSendError::Broken(ProtocolError::Lane(corrupt.to_string())),
+        RingError::Io(e) => LinkSendError::Io(e),
+        other => LinkSendError::Io(io::Error::other(other)),
     }
 }
 
@@ -503,16 +737,51 @@ impl LinkDriver {
     /// [`ReadError::Closed`] once the peer closed (after every frame it sent was read),
     /// [`ReadError::Protocol`] for a frame that breaks a rule, [`ReadError::Local`] otherwise.
     pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, ReadError>> {
+        self.poll_frame_expecting(cx, false)
+    }
+
+    /// As [`poll_frame`](Self::poll_frame); `expecting` says that a reply is awaited, so that
+    /// with a fast lane the reader spins for it a while before it sleeps.
+    ///
+    /// # Errors
+    /// As [`poll_frame`](Self::poll_frame).
+    pub fn poll_frame_expecting(
+        &mut self,
+        cx: &mut Context<'_>,
+        expecting: bool,
+    ) -> Poll<Result<Frame, ReadError>> {
         loop {
+            let mut rx = self.link.lock_rx();
+            if let Some(lane) = rx.as_mut().filter(|lane| lane.reads_ring()) {
+                match lane.poll_item(cx, expecting) {
+                    Poll::Ready(Ok(Item::Frame(bytes))) => return Poll::Ready(self.link.lane_frame(bytes)),
+                    Poll::Ready(Ok(Item::Marker)) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            drop(rx);
             let mut guard = match self.fd.poll_read_ready(cx) {
                 Poll::Ready(Ok(guard)) => guard,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Local(e))),
                 Poll::Pending => return Poll::Pending,
             };
-            match socket::recv_datagram(self.link.socket.as_fd(), &mut self.buf) {
-                Ok(received) => return Poll::Ready(self.link.frame_from(&self.buf, received)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+            let received = match socket::recv_datagram(self.link.socket.as_fd(), &mut self.buf) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    continue;
+                }
                 Err(e) => return Poll::Ready(Err(read_error(e))),
+            };
+            match self.link.frame_from(&self.buf, received) {
+                Ok(Incoming::Frame(frame)) => return Poll::Ready(Ok(frame)),
+                Ok(Incoming::Lane { body, fds }) => {
+                    if let Err(e) = self.link.lane_datagram(body, fds) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -526,12 +795,17 @@ impl LinkDriver {
         loop {
             self.link.lock().flusher = Some(cx.waker().clone());
             match self.link.flush_some() {
-                Ok(true) => {
+                Ok(Flushed::Empty) => {
                     self.writer = None;
                     return Poll::Ready(Ok(()));
                 }
-                Ok(false) => {}
-                Err(e) => return Poll::Ready(Err(send_error(e))),
+                Ok(Flushed::SocketFull) => {}
+                Ok(Flushed::RingFull) => match self.link.poll_lane_room(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Err(e) => return Poll::Ready(Err(e)),
             }
             let writer = match &mut self.writer {
                 Some(writer) => writer,
@@ -553,5 +827,91 @@ impl LinkDriver {
 impl std::fmt::Debug for LinkDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkDriver").field("link", &self.link).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links() -> (Link, Link) {
+        let (a, b) = socket::seqpacket_pair().unwrap();
+        (Link::new(a, Limits::default(), 16), Link::new(b, Limits::default(), 16))
+    }
+
+    fn send(link: &Link, bytes: &[u8]) -> Result<(), LinkSendError> {
+        let mut frame = link.frame_buf();
+        frame.write_all(bytes).unwrap();
+        link.send(frame, Vec::new(), Admission::Control)
+    }
+
+    fn recv(link: &Link) -> Vec<u8> {
+        link.recv_now().unwrap().expect("a frame is waiting").bytes.to_vec()
+    }
+
+    /// A parent and a child link with a lane between them, switched over both ways.
+    fn laned(config: LaneConfig) -> (Link, Link) {
+        let (parent, child) = links();
+        parent.offer_lane(config, std::process::id()).unwrap();
+        assert!(child.recv_now().unwrap().is_none(), "the offer is no frame");
+        assert!(parent.recv_now().unwrap().is_none(), "the answer is no frame");
+        assert!(parent.has_lane() && child.has_lane());
+        (parent, child)
+    }
+
+    #[test]
+    fn frames_in_slots_and_on_the_socket_arrive_in_the_order_sent() {
+        let (parent, child) = laned(LaneConfig { slots: 8, slot_size: 64 });
+        let large = vec![7u8; 1000];
+        for bytes in [&b"one"[..], &large, b"two", &large, &large, b"three"] {
+            send(&parent, bytes).unwrap();
+        }
+        for bytes in [&b"one"[..], &large, b"two", &large, &large, b"three"] {
+            assert_eq!(recv(&child), bytes);
+        }
+        send(&child, b"reply").unwrap();
+        assert_eq!(recv(&parent), b"reply");
+        let stats = parent.lane_stats().unwrap();
+        assert_eq!((stats.sent, stats.received), (6, 1), "{stats:?}");
+    }
+
+    #[test]
+    fn a_full_ring_queues_in_order_and_the_flush_moves_the_queue_on() {
+        let (parent, child) = laned(LaneConfig { slots: 2, slot_size: 64 });
+        for n in 0..10u8 {
+            send(&parent, &[n]).unwrap();
+        }
+        assert_eq!(parent.queued(), 8);
+        for n in 0..10u8 {
+            let mut frame = child.recv_now().unwrap();
+            while frame.is_none() {
+                let _ = parent.flush_blocking(Duration::from_millis(10));
+                frame = child.recv_now().unwrap();
+            }
+            assert_eq!(frame.unwrap().bytes.to_vec(), [n]);
+        }
+    }
+
+    #[test]
+    fn garbage_in_the_ring_is_a_protocol_error_on_both_ways() {
+        let (parent, child) = laned(LaneConfig { slots: 4, slot_size: 64 });
+        send(&child, b"fine").unwrap();
+        assert_eq!(recv(&parent), b"fine");
+        // The child scribbles over the ring it reads (so the parent's sends fail) and the
+        // ring it writes (so the parent's reads fail).
+        child.lock_rx().as_ref().unwrap().consumer().scribble();
+        parent.lock_rx().as_ref().unwrap().consumer().scribble();
+        assert!(matches!(send(&parent, b"x"), Err(LinkSendError::Broken(ProtocolError::Lane(_)))));
+        assert!(matches!(parent.recv_now(), Err(ReadError::Protocol(ProtocolError::Lane(_)))));
+    }
+
+    #[test]
+    fn a_lane_switch_out_of_turn_is_a_protocol_error() {
+        let (parent, child) = laned(LaneConfig::default());
+        // A second answer from the child, on the socket where the next marker points.
+        let datagram = framing::lane_header(0, 0);
+        socket::send_datagram(child.socket(), &[&datagram], &[]).unwrap();
+        send(&child, &vec![1u8; 10_000]).unwrap();
+        assert!(matches!(parent.recv_now(), Err(ReadError::Protocol(ProtocolError::Lane(_)))));
     }
 }

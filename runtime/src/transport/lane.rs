@@ -1,0 +1,415 @@
+//! The fast lane: a connection's frames through a pair of rings in shared memory while both
+//! sides are busy, so that a side already awake and looking gets a frame without a system call.
+//!
+//! The socket stays the connection's backbone: frames too large for a slot, frames that carry
+//! descriptors, the switch-over itself and the peer's death all go through it, or are seen on
+//! it. Order across both paths is kept by making the ring the master order once the lane is on:
+//! a frame that must take the socket leaves an empty slot (a *marker*) in the ring, and the
+//! reader, on a marker, reads exactly one frame from the socket before it looks at the ring
+//! again.
+//!
+//! Switching over, without a gap or a reordering in either direction:
+//! 1. the parent makes both rings, keeps its consuming end of the child-to-parent ring (not yet
+//!    read), and sends a *lane offer* on the socket (a datagram of framing kind "lane" carrying
+//!    the child's two ends); every frame it sends after the offer follows the lane's order;
+//! 2. the child, reading the offer in socket order, takes up its ends, reads the parent's
+//!    frames in ring order from then on, and answers with an empty lane datagram on the socket,
+//!    after which its own frames follow the lane's order;
+//! 3. the parent reads the socket until that answer, then the ring.
+//!
+//! Waiting: the reader spins only while it pays ([`Spin`]): never when the two sides share the
+//! only CPU either may run on, only after it found a frame recently or while the parent waits
+//! for a reply, and for a budget that adapts to how long the waits that ended in sleep really
+//! were. Then it sleeps on the ring's doorbell, which the writer rings only when it saw "I
+//! sleep" (see [`crate::ring`]). An idle lane costs no CPU beyond the ring's safety timeouts.
+//!
+//! What a peer writes into the ring is input like any other: a slot length past the slot, an
+//! index out of range or a frame that does not decode is a protocol error, never a crash.
+
+use crate::ring::{self, Consumer, Exported, Producer, RingError, Slot, WhenFull};
+use crate::sys;
+use crate::transport::framing::ProtocolError;
+use crate::transport::link::ReadError;
+use std::os::fd::OwnedFd;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// The shape of a fast lane's two rings (one per direction).
+///
+/// # Examples
+/// ```
+/// use ensemble_runtime::transport::LaneConfig;
+/// let lane = LaneConfig { slots: 128, ..LaneConfig::default() };
+/// assert_eq!(lane.slot_size, LaneConfig::default().slot_size);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneConfig {
+    /// Frames that can wait in each direction. Default: 64.
+    pub slots: usize,
+    /// The largest frame (header and body, encoded) that travels in a slot; larger ones take
+    /// the socket, in order. Default: 4032 bytes (a slot and its header in one 4 KiB page).
+    pub slot_size: usize,
+}
+
+impl Default for LaneConfig {
+    fn default() -> Self {
+        LaneConfig { slots: 64, slot_size: 4032 }
+    }
+}
+
+/// What one side's fast lane has done so far.
+///
+/// # Examples
+/// ```
+/// use ensemble_runtime::transport::LaneStats;
+/// let stats = LaneStats::default();
+/// assert_eq!(stats.lost_wakeups, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaneStats {
+    /// Slots this side committed to the other (frames, and markers of frames sent on the
+    /// socket).
+    pub sent: u64,
+    /// Slots the other side committed to this one.
+    pub received: u64,
+    /// Times this side's reader slept (a spin, if any, found nothing).
+    pub sleeps: u64,
+    /// Sleeps that ended by the ring's safety timeout rather than a doorbell.
+    pub safety_timeouts: u64,
+    /// Safety timeouts that found a frame: wake-ups that were lost. Zero unless there is a bug.
+    pub lost_wakeups: u64,
+}
+
+/// Why a fast lane could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    /// A ring could not be made (shape out of bounds, no memory).
+    #[error("could not create the fast lane's rings")]
+    Ring(#[from] ring::CreateRingError),
+    /// Its descriptors could not be duplicated or sent.
+    #[error("could not hand the fast lane to the child")]
+    Io(#[from] std::io::Error),
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// The most a lane datagram's body may hold: an offer is 16 bytes.
+pub(crate) const MAX_LANE_BODY: usize = 64;
+
+/// The parent's offer: the child's consuming end of the parent-to-child ring and its producing
+/// end of the child-to-parent ring. Body: the two segment lengths (little-endian u64s);
+/// descriptors: segment and socket of each end, in that order.
+pub(crate) struct Offer {
+    pub consumer: Exported,
+    pub producer: Exported,
+}
+
+impl Offer {
+    pub(crate) fn encode(self) -> (Vec<u8>, Vec<OwnedFd>) {
+        let mut body = self.consumer.segment_len.to_le_bytes().to_vec();
+        body.extend_from_slice(&self.producer.segment_len.to_le_bytes());
+        let fds =
+            vec![self.consumer.segment, self.consumer.socket, self.producer.segment, self.producer.socket];
+        (body, fds)
+    }
+
+    /// Takes up the ends of an offer; a malformed one is a protocol error.
+    pub(crate) fn accept(body: &[u8], fds: Vec<OwnedFd>) -> Result<(Consumer, Producer), ProtocolError> {
+        let bad = |why: String| ProtocolError::Lane(format!("an offer: {why}"));
+        if body.len() != 16 || fds.len() != 4 {
+            return Err(bad(format!(
+                "{} bytes and {} descriptors, expected 16 and 4",
+                body.len(),
+                fds.len()
+            )));
+        }
+        let len = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+        let mut fds = fds.into_iter();
+        let mut next = || fds.next().expect("four descriptors");
+        let consumer = Exported { segment: next(), segment_len: len(0), socket: next() };
+        let producer = Exported { segment: next(), segment_len: len(8), socket: next() };
+        let consumer = Consumer::import(&consumer).map_err(bad)?;
+        let producer = Producer::import(&producer).map_err(bad)?;
+        Ok((consumer, producer))
+    }
+}
+
+/// Makes a lane's two rings: the offer for the child, and the parent's ends (its producer of
+/// the parent-to-child ring, its consumer of the other).
+pub(crate) fn create(config: LaneConfig) -> Result<(Offer, Producer, Consumer), LaneError> {
+    let (to_child, child_reads) = ring::channel(config.slots, config.slot_size, WhenFull::Block)?;
+    let (child_writes, from_child) = ring::channel(config.slots, config.slot_size, WhenFull::Block)?;
+    let offer = Offer { consumer: child_reads.export()?, producer: child_writes.export()? };
+    Ok((offer, to_child, from_child))
+}
+
+/// What the reader found in the ring.
+pub(crate) enum Item {
+    /// A frame's bytes.
+    Frame(Vec<u8>),
+    /// The next frame is on the socket.
+    Marker,
+}
+
+/// The reading side of a lane: its ring's consumer, and where the order stands.
+#[derive(Debug)]
+pub(crate) struct LaneRx {
+    consumer: Consumer,
+    /// The peer's frames follow the lane's order (its switch-over was read).
+    on: bool,
+    /// Markers read whose socket frames are not read yet.
+    owed: usize,
+    spin: Spin,
+}
+
+impl LaneRx {
+    /// A reader of `consumer`, whose writer (`peer`) has switched over already (`on`) or will
+    /// say so on the socket.
+    pub(crate) fn new(consumer: Consumer, on: bool, peer: u32) -> LaneRx {
+        LaneRx { consumer, on, owed: 0, spin: Spin::new(peer) }
+    }
+
+    /// What the reading side counted; `sent` is the writer's to fill in.
+    pub(crate) fn stats(&self) -> LaneStats {
+        let ring = self.consumer.stats();
+        LaneStats {
+            sent: 0,
+            received: ring.committed,
+            sleeps: ring.sleeps,
+            safety_timeouts: ring.safety_timeouts,
+            lost_wakeups: ring.lost_wakeups,
+        }
+    }
+
+    /// Whether the next frame is read from the ring (else from the socket).
+    pub(crate) fn reads_ring(&self) -> bool {
+        self.on && self.owed == 0
+    }
+
+    /// The peer's switch-over was read.
+    pub(crate) fn switched(&mut self) -> Result<(), ProtocolError> {
+        if self.on {
+            return Err(ProtocolError::Lane("a second switch-over".into()));
+        }
+        self.on = true;
+        Ok(())
+    }
+
+    /// A frame was read from the socket.
+    pub(crate) fn socket_frame_read(&mut self) {
+        if self.on {
+            self.owed = self.owed.saturating_sub(1);
+        }
+    }
+
+    /// The next item if one is in the ring now (synchronous code: the last frames of a child
+    /// that exited).
+    pub(crate) fn take_now(&mut self) -> Result<Option<Item>, ReadError> {
+        match self.consumer.take_now() {
+            Ok(Some(slot)) => Ok(Some(self.item(slot))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(read_error(e)),
+        }
+    }
+
+    /// The next item, spinning first when that pays (`expecting`: a reply is awaited), then
+    /// sleeping on the ring's doorbell.
+    pub(crate) fn poll_item(
+        &mut self,
+        cx: &mut Context<'_>,
+        expecting: bool,
+    ) -> Poll<Result<Item, ReadError>> {
+        self.consumer.awake();
+        let mut looks = 0;
+        loop {
+            match self.consumer.take_now() {
+                Ok(Some(slot)) => {
+                    self.spin.found();
+                    return Poll::Ready(Ok(self.item(slot)));
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(read_error(e))),
+            }
+            // One spin per poll: a ring that looks ready and yields nothing (a closed or
+            // scribbled one) goes on to the wait below, which tells which.
+            looks += 1;
+            let consumer = &self.consumer;
+            if looks == 1 && (expecting || self.spin.hot) && self.spin.spin(|| consumer.looks_ready()) {
+                continue;
+            }
+            self.spin.hot = false;
+            return match self.consumer.poll_recv(cx) {
+                Poll::Ready(Ok(slot)) => {
+                    self.spin.found();
+                    Poll::Ready(Ok(self.item(slot)))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(read_error(e))),
+                Poll::Pending => {
+                    self.spin.sleeping();
+                    Poll::Pending
+                }
+            };
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn consumer(&self) -> &Consumer {
+        &self.consumer
+    }
+
+    fn item(&mut self, slot: Slot) -> Item {
+        if slot.is_empty() {
+            self.owed += 1;
+            Item::Marker
+        } else {
+            Item::Frame(slot.to_vec())
+        }
+    }
+}
+
+/// A ring error met while reading: the peer gone, or its writes corrupt.
+fn read_error(e: RingError) -> ReadError {
+    match e {
+        RingError::PeerGone { .. } | RingError::Closed { .. } => ReadError::Closed,
+        RingError::Corrupt(corrupt) => ReadError::Protocol(ProtocolError::Lane(corrupt.to_string())),
+        RingError::Io(e) => ReadError::Local(e),
+        other => ReadError::Local(std::io::Error::other(other)),
+    }
+}
+
+/// The longest a reader spins before it sleeps: about what a sleep and a wake-up cost here.
+const SPIN_MAX: Duration = Duration::from_micros(40);
+/// The shortest budget a reader keeps after spins that found nothing.
+const SPIN_MIN: Duration = Duration::from_micros(2);
+/// How often whether spinning can pay at all is looked at again (CPU affinities change).
+const SPIN_RECHECK: Duration = Duration::from_secs(1);
+
+/// When and how long a lane's reader spins.
+#[derive(Debug)]
+struct Spin {
+    /// The process on the other side, whose CPU affinity matters.
+    peer: u32,
+    budget: Duration,
+    /// A frame was found since the last sleep: more are likely.
+    hot: bool,
+    /// When the reader last went to sleep, if it has not found a frame since.
+    slept: Option<Instant>,
+    pays: bool,
+    checked: Option<Instant>,
+}
+
+impl Spin {
+    fn new(peer: u32) -> Spin {
+        Spin { peer, budget: SPIN_MAX / 4, hot: false, slept: None, pays: false, checked: None }
+    }
+
+    /// Whether spinning can pay: not when this side and the peer can only run on one and the
+    /// same CPU (the spin would keep the peer off it).
+    fn pays(&mut self) -> bool {
+        if self.checked.is_none_or(|at| at.elapsed() >= SPIN_RECHECK) {
+            self.checked = Some(Instant::now());
+            self.pays = spin_pays(self.peer);
+        }
+        self.pays
+    }
+
+    /// Spins until `ready` or the budget is spent; a spin that found nothing halves the budget.
+    fn spin(&mut self, ready: impl Fn() -> bool) -> bool {
+        if !self.pays() {
+            return false;
+        }
+        let start = Instant::now();
+        loop {
+            for _ in 0..32 {
+                if ready() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= self.budget {
+                self.budget = (self.budget / 2).max(SPIN_MIN);
+                return false;
+            }
+        }
+    }
+
+    fn sleeping(&mut self) {
+        self.slept = Some(Instant::now());
+    }
+
+    /// A frame was found. If it came soon after the reader went to sleep, a longer spin would
+    /// have caught it: the budget grows to cover such a wait.
+    fn found(&mut self) {
+        self.hot = true;
+        if let Some(slept) = self.slept.take() {
+            let waited = slept.elapsed();
+            if waited < SPIN_MAX {
+                self.budget = (self.budget * 2).max(waited + waited / 2).min(SPIN_MAX);
+            }
+        }
+    }
+}
+
+/// Whether this thread and process `peer` may run on different CPUs.
+fn spin_pays(peer: u32) -> bool {
+    let Ok(ours) = sys::cpu_set(0) else { return false };
+    match ours.len() {
+        0 => false,
+        1 => sys::cpu_set(peer).map_or(true, |theirs| theirs != ours),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spin_that_finds_nothing_halves_its_budget_down_to_a_floor() {
+        let mut spin = Spin::new(std::process::id());
+        spin.pays = true;
+        spin.checked = Some(Instant::now());
+        let before = spin.budget;
+        assert!(!spin.spin(|| false));
+        assert_eq!(spin.budget, (before / 2).max(SPIN_MIN));
+        for _ in 0..20 {
+            spin.spin(|| false);
+        }
+        assert_eq!(spin.budget, SPIN_MIN);
+        assert!(spin.spin(|| true), "a spin stops as soon as the condition holds");
+    }
+
+    #[test]
+    fn a_frame_soon_after_a_sleep_lengthens_the_budget_and_a_late_one_does_not() {
+        let mut spin = Spin::new(std::process::id());
+        spin.budget = SPIN_MIN;
+        spin.sleeping();
+        spin.found();
+        assert!(spin.budget > SPIN_MIN && spin.budget <= SPIN_MAX);
+        assert!(spin.hot);
+        let grown = spin.budget;
+        spin.slept = Some(Instant::now() - Duration::from_millis(5));
+        spin.found();
+        assert_eq!(spin.budget, grown, "a long sleep says spinning would not have paid");
+    }
+
+    #[test]
+    fn a_process_may_spin_against_itself_only_with_more_than_one_cpu() {
+        let ours = sys::cpu_set(0).unwrap();
+        assert_eq!(spin_pays(std::process::id()), ours.len() > 1);
+    }
+
+    #[test]
+    fn an_offer_round_trips_and_a_malformed_one_is_a_protocol_error() {
+        let (offer, mut to_child, mut from_child) = create(LaneConfig { slots: 4, slot_size: 64 }).unwrap();
+        let (body, fds) = offer.encode();
+        let (mut child_reads, mut child_writes) = Offer::accept(&body, fds).unwrap();
+        to_child.send(b"down").unwrap();
+        child_writes.send(b"up").unwrap();
+        assert_eq!(&*child_reads.recv().unwrap(), b"down");
+        assert_eq!(&*from_child.recv().unwrap(), b"up");
+        let error = Offer::accept(&body[..8], Vec::new()).map(|_| ()).unwrap_err();
+        assert!(error.to_string().contains("fast lane: an offer"), "{error}");
+    }
+}

@@ -1,0 +1,244 @@
+//! The fast lane (`SpawnOptions::fast_lane`): calls, replies and events through rings in shared
+//! memory, with the same results and the same failure semantics as over the socket.
+
+#![allow(clippy::disallowed_methods)] // tests start helper programs of their own
+
+#[path = "common/harness.rs"]
+mod harness;
+
+use ensemble::prelude::*;
+use ensemble::shm::SharedSliceMut;
+use harness::within;
+use std::time::{Duration, Instant};
+
+#[derive(Serialize, Deserialize, ProcessActor)]
+#[actor(handles(Echo, Blob, Sum, Nap, Panic, Shout, Scribble), event = Heard)]
+struct Lane;
+
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u64")]
+struct Echo(u64);
+
+/// Too large for a slot: travels on the socket, behind a marker.
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "(u64, u64)")]
+struct Blob(#[serde(with = "serde_bytes")] Vec<u8>);
+
+/// Carries a segment's descriptor: travels on the socket, behind a marker.
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u64")]
+struct Sum(SharedSlice<u64>);
+
+#[derive(Serialize, Deserialize, RemoteMessage)]
+struct Nap(u64);
+
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u64")]
+struct Panic;
+
+/// Sends `n` events, then replies.
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u32")]
+struct Shout(u32);
+
+/// Writes garbage over every ring this child maps, then replies (a buggy native library).
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "u32")]
+struct Scribble;
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Heard(u32);
+
+impl ProcessHandler<Echo> for Lane {
+    fn handle(&mut self, Echo(n): Echo, _: &mut ProcessContext<Self>) -> u64 {
+        n
+    }
+}
+
+impl ProcessHandler<Blob> for Lane {
+    fn handle(&mut self, Blob(bytes): Blob, _: &mut ProcessContext<Self>) -> (u64, u64) {
+        (bytes.len() as u64, bytes.iter().map(|b| u64::from(*b)).sum())
+    }
+}
+
+impl ProcessHandler<Sum> for Lane {
+    fn handle(&mut self, Sum(slice): Sum, _: &mut ProcessContext<Self>) -> u64 {
+        slice.iter().sum()
+    }
+}
+
+impl ProcessHandler<Nap> for Lane {
+    fn handle(&mut self, Nap(ms): Nap, _: &mut ProcessContext<Self>) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+impl ProcessHandler<Panic> for Lane {
+    fn handle(&mut self, _: Panic, _: &mut ProcessContext<Self>) -> u64 {
+        panic!("the handler gave up");
+    }
+}
+
+impl ProcessHandler<Shout> for Lane {
+    fn handle(&mut self, Shout(n): Shout, ctx: &mut ProcessContext<Self>) -> u32 {
+        for i in 0..n {
+            ctx.send_out(Heard(i)).unwrap();
+        }
+        n
+    }
+}
+
+impl ProcessHandler<Scribble> for Lane {
+    fn handle(&mut self, _: Scribble, _: &mut ProcessContext<Self>) -> u32 {
+        scribble_over_rings()
+    }
+}
+
+/// Maps every ring segment this process holds and fills it with 0xFF: what a stray memset in
+/// a native library could do. Returns how many it hit.
+fn scribble_over_rings() -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut hit = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if !target.to_string_lossy().starts_with("/memfd:ensemble") {
+            continue;
+        }
+        let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(entry.path()) else {
+            continue;
+        };
+        let len = file.metadata().unwrap().len() as usize;
+        // SAFETY: a shared mapping of a memfd this process holds, of its size, unmapped below;
+        // other mappings of it see the writes, which is the point: the parent must treat them
+        // as garbage, not crash on them.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            if map == libc::MAP_FAILED {
+                continue;
+            }
+            std::ptr::write_bytes(map.cast::<u8>(), 0xFF, len);
+            libc::munmap(map, len);
+        }
+        hit += 1;
+    }
+    hit
+}
+
+async fn lane() -> Remote<Lane> {
+    within(10, ensemble::spawn_with(Lane, SpawnOptions::new().fast_lane())).await.unwrap()
+}
+
+#[actix_rt::test]
+async fn calls_go_through_the_rings_and_come_back_in_order() {
+    let remote = lane().await;
+    for n in 0..1000 {
+        assert_eq!(within(5, remote.send(Echo(n))).await.unwrap(), n);
+    }
+    let stats = remote.fast_lane_stats().expect("spawned with a fast lane");
+    assert!(stats.sent >= 1000 && stats.received >= 1000, "{stats:?}");
+    assert_eq!(stats.lost_wakeups, 0, "{stats:?}");
+}
+
+#[actix_rt::test]
+async fn large_frames_and_descriptors_keep_their_place_among_ring_frames() {
+    let remote = lane().await;
+    let numbers: Vec<u64> = (0..1000).collect();
+    let numbers = SharedSliceMut::from_slice(&numbers).unwrap().freeze().unwrap();
+    // Sent together, without awaiting: small, large, with a descriptor, small.
+    let first = remote.send(Echo(1));
+    let blob = remote.send(Blob(vec![3; 100_000]));
+    let sum = remote.send(Sum(numbers.clone()));
+    let last = remote.send(Echo(2));
+    let started = Instant::now();
+    assert_eq!(within(10, first).await.unwrap(), 1);
+    assert_eq!(within(10, blob).await.unwrap(), (100_000, 300_000));
+    assert_eq!(within(10, sum).await.unwrap(), 499_500);
+    assert_eq!(within(10, last).await.unwrap(), 2);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[actix_rt::test]
+async fn events_arrive_in_order_before_the_reply_that_follows_them() {
+    let remote = lane().await;
+    let mut events = remote.events().unwrap();
+    assert_eq!(within(10, remote.send(Shout(500))).await.unwrap(), 500);
+    for i in 0..500 {
+        assert_eq!(within(5, events.next()).await.unwrap().unwrap(), Heard(i));
+    }
+}
+
+#[actix_rt::test]
+async fn a_panic_fails_its_call_and_the_next_call_works() {
+    let remote = lane().await;
+    let error = within(10, remote.send(Panic)).await.unwrap_err();
+    assert!(error.to_string().contains("the handler gave up"), "{error}");
+    assert_eq!(within(10, remote.send(Echo(7))).await.unwrap(), 7);
+}
+
+#[actix_rt::test]
+async fn a_child_killed_mid_call_fails_the_call_at_once() {
+    let remote = lane().await;
+    let call = remote.send(Nap(30_000));
+    let killer = remote.clone();
+    actix_rt::spawn(async move {
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        killer.kill();
+    });
+    let started = Instant::now();
+    let error = within(10, call).await.unwrap_err();
+    assert!(matches!(error, CallError::Exited(_)), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[actix_rt::test]
+async fn a_deadline_holds_over_the_fast_lane() {
+    let remote = lane().await;
+    let error = within(10, remote.send(Nap(2_000)).timeout(Duration::from_millis(100))).await.unwrap_err();
+    assert!(matches!(error, CallError::Timeout(_)), "{error}");
+    assert_eq!(within(10, remote.send(Echo(3))).await.unwrap(), 3);
+}
+
+/// The child ruins both rings. The parent neither crashes nor hangs: the calls fail at once
+/// (usually the parent finds the garbage first and kills the child for a protocol error; the
+/// child may also find it first, in its own reply, and exit), and a sibling carries on.
+#[actix_rt::test]
+async fn garbage_in_the_rings_fails_calls_without_a_crash_or_a_hang() {
+    let (bad, sibling) = (lane().await, lane().await);
+    let scribbled = within(10, bad.send(Scribble)).await;
+    let next = within(10, bad.send(Echo(1))).await;
+    for result in [scribbled.map(u64::from), next] {
+        match result {
+            Ok(n) => assert!(n >= 2, "the scribble found both rings: {n}"),
+            Err(CallError::Protocol(_) | CallError::Exited(_) | CallError::NotDelivered) => {}
+            Err(other) => panic!("expected a protocol error or an exit, got {other}"),
+        }
+    }
+    let exit = within(10, bad.exited()).await;
+    assert!(exit.signal() == Some(libc::SIGKILL) || exit.code().is_some(), "{exit}");
+    assert!(within(10, bad.send(Echo(2))).await.is_err());
+    assert_eq!(within(10, sibling.send(Echo(3))).await.unwrap(), 3);
+}
+
+#[actix_rt::test]
+async fn busy_and_idle_phases_in_turn_lose_no_wake_up() {
+    let remote = lane().await;
+    let mut n = 0;
+    for phase in 0..20u64 {
+        for _ in 0..200 {
+            n += 1;
+            assert_eq!(within(5, remote.send(Echo(n))).await.unwrap(), n);
+        }
+        // Idle long enough for both sides to stop spinning and sleep.
+        actix_rt::time::sleep(Duration::from_millis(1 + phase % 4 * 5)).await;
+    }
+    let stats = remote.fast_lane_stats().unwrap();
+    assert!(stats.sleeps > 0, "{stats:?}");
+    assert_eq!(stats.lost_wakeups, 0, "{stats:?}");
+}
