@@ -34,6 +34,10 @@
 //! describe them) hold rings against a single-process memcpy, a hand-written eventfd ping-pong
 //! over shared memory, and raw ipc-channel one-way sends.
 //!
+//! `fast_lane_roundtrip` and `fast_lane_idle_cpu` (in `compare/fast_lane.rs`, whose docs
+//! describe them) hold a call through the fast lane against a hand-written spin-then-futex
+//! round trip over shared memory, and an idle fast-lane actor's CPU time against a plain one's.
+//!
 //! `-- --only call_roundtrip,handover` runs only the scenarios whose names start with those.
 //!
 //! `raw_socket_reactor` registers its socket for readability and writability, as
@@ -57,6 +61,9 @@ use tokio::io::unix::AsyncFd;
 
 #[path = "compare/rings.rs"]
 mod rings;
+
+#[path = "compare/fast_lane.rs"]
+mod fast_lane;
 
 #[path = "compare/baselines.rs"]
 mod baselines;
@@ -483,6 +490,16 @@ fn main() {
                 ensemble::runtime::pin_to_cpu(cpu).unwrap();
                 rings::eventfd_child(&fds);
             }
+            Some("floor") => {
+                let fd = words.next().unwrap().to_owned();
+                let cpu: usize = words.next().unwrap().parse().unwrap();
+                ensemble::runtime::pin_to_cpu(cpu).unwrap();
+                fast_lane::floor_child(&fd, words.next() == Some("true"));
+            }
+            Some("idle") => {
+                let lane = words.next() == Some("true");
+                fast_lane::idle_child(lane, words.next().unwrap().parse().unwrap());
+            }
             Some("exit") => {}
             _ => panic!("unknown role {role}"),
         }
@@ -517,6 +534,9 @@ fn main() {
     if wanted("weather_hours") {
         farm_rows.extend(weather_hours(&rt, if quick { 3 } else { 9 }));
     }
+    if wanted("fast_lane_idle_cpu") {
+        farm_rows.push(fast_lane::idle_cpu(if quick { 3 } else { 5 }, if quick { 2 } else { 5 }));
+    }
     // Then the latency scenarios: the parent's main thread (the actix system runs on it, and the
     // reader threads it starts inherit its mask) on CPU 0, children pinned as each scenario says.
     ensemble::runtime::pin_to_cpu(0).expect("pin the parent to CPU 0");
@@ -550,6 +570,9 @@ fn main() {
         }
         if wanted("ring_small_msgs") {
             rows.push(rings::small_msgs(&rt, plan.reps, plan.casts, placement, *cpu));
+        }
+        if wanted("fast_lane_roundtrip") {
+            rows.extend(fast_lane::roundtrip(&rt, plan.reps, plan.calls, placement, *cpu));
         }
     }
     worst_of(&mut rows, "call_roundtrip");

@@ -69,6 +69,31 @@ async fn map_returns_every_result_in_input_order() {
     within(20, farm.shutdown()).await.unwrap();
 }
 
+/// Tiny batches through the fast lane: the same results, and a worker killed mid-run costs no
+/// task.
+#[actix_rt::test]
+async fn a_farm_with_a_fast_lane_maps_and_survives_a_killed_worker() {
+    let farm = farm(FarmConfig { batch: BatchSize::Fixed(1), fast_lane: true, ..config(2) }).await;
+    let squares = within(60, farm.map((0..5_000).map(Task::Square))).await.unwrap();
+    assert!(squares.iter().enumerate().all(|(i, s)| *s == (i * i) as u64));
+    let victim = within(10, farm.workers()[1].up()).await.unwrap();
+    let mut killed = false;
+    let summary = within(
+        60,
+        farm.for_each((0..40).map(|_| Task::Sleep(5)), |_, result| {
+            assert_eq!(result.unwrap(), 5);
+            if !killed {
+                killed = victim.kill();
+            }
+            ControlFlow::Continue(())
+        }),
+    )
+    .await;
+    assert!(killed);
+    assert_eq!((summary.succeeded, summary.failed), (40, 0));
+    within(20, farm.shutdown()).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_farm_works_under_a_plain_tokio_runtime() {
     let farm = farm(config(2)).await;

@@ -242,3 +242,45 @@ async fn busy_and_idle_phases_in_turn_lose_no_wake_up() {
     assert!(stats.sleeps > 0, "{stats:?}");
     assert_eq!(stats.lost_wakeups, 0, "{stats:?}");
 }
+
+const IDLE_ENV: &str = "ENSEMBLE_TEST_IDLE_LANE";
+
+/// Not a test on its own: the body of the helper process of the test below, so that no other
+/// test's work counts against the idle actor.
+#[actix_rt::test]
+#[ignore = "helper process for an_idle_fast_lane_actor_uses_under_one_percent_of_a_cpu"]
+async fn idle_lane_helper() {
+    if std::env::var_os(IDLE_ENV).is_none() {
+        return;
+    }
+    let remote = lane().await;
+    for n in 0..1000 {
+        assert_eq!(remote.send(Echo(n)).await.unwrap(), n);
+    }
+    // Let the spins that follow the last call run out.
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let (parent, child) = (harness::cpu_time_ns(std::process::id()), harness::cpu_time_ns(remote.pid()));
+    let started = Instant::now();
+    actix_rt::time::sleep(Duration::from_secs(10)).await;
+    let elapsed = started.elapsed().as_nanos() as u64;
+    let parent = harness::cpu_time_ns(std::process::id()) - parent;
+    let child = harness::cpu_time_ns(remote.pid()) - child;
+    println!("IDLE {elapsed} {parent} {child}");
+    remote.stop().await.unwrap();
+}
+
+#[test]
+fn an_idle_fast_lane_actor_uses_under_one_percent_of_a_cpu() {
+    let out = harness::run_helper("idle_lane_helper", IDLE_ENV, 60);
+    let line =
+        out.lines().find_map(|line| Some(line[line.find("IDLE ")? + 5..].to_owned())).expect("figures");
+    let figures: Vec<u64> = line.split(' ').map(|n| n.parse().unwrap()).collect();
+    let (elapsed, parent, child) = (figures[0], figures[1], figures[2]);
+    let share = (parent + child) as f64 / elapsed as f64;
+    assert!(
+        share < 0.01,
+        "idle for {elapsed} ns, the parent used {parent} ns and the child {child} ns: {:.3}%",
+        share * 100.0
+    );
+    println!("idle share of a CPU: {:.4}% (parent {parent} ns, child {child} ns)", share * 100.0);
+}

@@ -115,6 +115,13 @@ pub struct FarmConfig {
     /// How many worker restarts the farm allows in a window before it gives up (the run then
     /// fails with [`SupervisorError::GaveUp`]). Default (`None`): 10 per worker per minute.
     pub restarts: Option<Intensity>,
+    /// Spawn the workers with a fast lane ([`SpawnOptions::fast_lane`]): batches and their
+    /// results travel through shared memory while the farm is busy. Pays for tiny tasks where
+    /// the per-batch round trip shows (small batches for latency, e.g. a service that maps a
+    /// few tasks per request); a long map with large batches gains nothing. Default: false.
+    ///
+    /// [`SpawnOptions::fast_lane`]: crate::SpawnOptions::fast_lane
+    pub fast_lane: bool,
 }
 
 impl Default for FarmConfig {
@@ -127,6 +134,7 @@ impl Default for FarmConfig {
             progress: true,
             name: String::from("worker"),
             restarts: None,
+            fast_lane: false,
         }
     }
 }
@@ -276,7 +284,13 @@ impl<A: ProcessActor> Farm<A> {
         let handles = (0..workers)
             .map(|i| {
                 let factory = std::sync::Arc::clone(&factory);
-                supervisor.add(ChildSpec::new(format!("{}-{i}", config.name), move || factory(i)))
+                let spec = ChildSpec::new(format!("{}-{i}", config.name), move || factory(i));
+                let name = spec.name().to_owned();
+                let spec = match config.fast_lane {
+                    true => spec.options(crate::SpawnOptions::new().name(name).fast_lane()),
+                    false => spec,
+                };
+                supervisor.add(spec)
             })
             .collect();
         let root = supervisor.start().await?;

@@ -279,6 +279,7 @@ impl Connection {
         let pending = PendingCall { id, rx, core: Arc::clone(&self.core) };
         match self.core.outbox.send(&ToChild::Call { id, tag }, body, Admission::Bounded) {
             Ok(()) => {
+                watchdog::call_made();
                 self.core.look_for_reply();
                 Ok(pending)
             }

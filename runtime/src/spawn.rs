@@ -474,15 +474,15 @@ mod tests {
             ("printf 'xx' >&0; sleep 30", "shorter than the frame header"),
             // A header announcing a 1 TiB body in a memfd: refused before anything is allocated.
             (
-                r"printf '\345\001\001\000\000\000\000\000\000\000\000\000\000\001\000\000' >&0; sleep 30",
+                r"printf '\345\002\001\000\000\000\000\000\000\000\000\000\000\001\000\000' >&0; sleep 30",
                 "over this connection's limit",
             ),
             (
-                r"printf '\345\002\000\000\000\000\000\000\001\000\000\000\000\000\000\000x' >&0; sleep 30",
-                "transport version 2",
+                r"printf '\345\011\000\000\000\000\000\000\001\000\000\000\000\000\000\000x' >&0; sleep 30",
+                "transport version 9",
             ),
             (
-                r"printf '\345\001\000\000\000\000\000\000\002\000\000\000\000\000\000\000\377\377' >&0; sleep 30",
+                r"printf '\345\002\000\000\000\000\000\000\002\000\000\000\000\000\000\000\377\377' >&0; sleep 30",
                 "protocol",
             ),
         ];

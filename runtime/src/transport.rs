@@ -11,6 +11,8 @@
 //! - A frame is one datagram: a fixed 16-byte header (see [`framing`]) and the frame's bytes,
 //!   or, when larger than one datagram may be, the header alone with the bytes in a sealed
 //!   memfd attached. Order is kept across both paths: both go through one socket, in one queue.
+//! - With a fast lane ([`Link::offer_lane`]), small frames travel in a ring instead, and order
+//!   is kept across ring and socket by markers in the ring (see [`lane`]'s module docs).
 //! - Every length is checked against [`Limits::max_message`] before anything is allocated; a
 //!   frame over the limit is refused at send with [`LinkSendError::TooLarge`].
 //! - Sending never blocks a thread. A frame that does not fit in the socket's buffer waits in a
@@ -22,7 +24,7 @@
 //! - Descriptors travel with frames (`SCM_RIGHTS`, at most 253), close-on-exec on arrival.
 
 pub mod framing;
-mod lane;
+pub mod lane;
 mod link;
 
 pub use framing::{Limits, ProtocolError};

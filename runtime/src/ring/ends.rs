@@ -749,6 +749,12 @@ impl Consumer {
         self.end.export()
     }
 
+    /// Sets how long a wait sleeps at most before it looks again by itself (a bound on the
+    /// cost of a lost wake-up; each such look wakes an idle process).
+    pub(crate) fn set_safety_timeout(&mut self, timeout: Duration) {
+        self.end.waiter.safety = timeout;
+    }
+
     /// The oldest committed slot, if one is there now: no system call, no look at the peer.
     pub(crate) fn take_now(&mut self) -> Result<Option<Slot>, RingError> {
         self.take()

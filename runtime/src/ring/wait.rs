@@ -58,6 +58,8 @@ pub(crate) struct Waiter {
     pub socket: Arc<OwnedFd>,
     pub counts: Counts,
     registered: Option<Registered>,
+    /// The longest sleep before looking again by itself ([`SAFETY_TIMEOUT`] unless set).
+    pub safety: Duration,
 }
 
 #[derive(Debug)]
@@ -109,7 +111,7 @@ pub(crate) fn ring(own: &OwnedFd) {
 
 impl Waiter {
     pub(crate) fn new(socket: Arc<OwnedFd>) -> Waiter {
-        Waiter { socket, counts: Counts::default(), registered: None }
+        Waiter { socket, counts: Counts::default(), registered: None, safety: SAFETY_TIMEOUT }
     }
 
     /// Reads every pending doorbell (closing any descriptor a peer attached); whether there
@@ -158,13 +160,13 @@ impl Waiter {
             }
             let timeout = match deadline {
                 Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(SAFETY_TIMEOUT),
+                    Some(left) if !left.is_zero() => left.min(self.safety),
                     _ => {
                         sleeping.store(0, Ordering::Relaxed);
                         return Ok(Woke::TimedOut);
                     }
                 },
-                None => SAFETY_TIMEOUT,
+                None => self.safety,
             };
             self.counts.sleeps.fetch_add(1, Ordering::Relaxed);
             let woke = socket::wait_readable(&[self.socket.as_fd()], timeout);
@@ -262,8 +264,8 @@ impl Waiter {
                 continue;
             }
             self.counts.sleeps.fetch_add(1, Ordering::Relaxed);
-            let safety =
-                registered.safety.get_or_insert_with(|| Box::pin(tokio::time::sleep(SAFETY_TIMEOUT)));
+            let timeout = self.safety;
+            let safety = registered.safety.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
             if safety.as_mut().poll(cx).is_ready() {
                 let rung = registered.rung;
                 registered.safety = None;

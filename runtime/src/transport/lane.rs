@@ -166,8 +166,17 @@ pub(crate) struct LaneRx {
 impl LaneRx {
     /// A reader of `consumer`, whose writer (`peer`) has switched over already (`on`) or will
     /// say so on the socket.
-    pub(crate) fn new(consumer: Consumer, on: bool, peer: u32) -> LaneRx {
+    pub(crate) fn new(mut consumer: Consumer, on: bool, peer: u32) -> LaneRx {
+        // The peer's death is seen at once (its end of the doorbell hangs up); the safety
+        // timeout only bounds a lost wake-up, and each one wakes an idle process.
+        consumer.set_safety_timeout(SAFETY_TIMEOUT);
         LaneRx { consumer, on, owed: 0, spin: Spin::new(peer) }
+    }
+
+    /// Whether the ring seems to hold a frame: for the watchdog, which looks whether the
+    /// runtime reading the connection neglects it.
+    pub(crate) fn looks_ready(&self) -> bool {
+        self.on && self.consumer.looks_ready()
     }
 
     /// What the reading side counted; `sent` is the writer's to fill in.
@@ -277,6 +286,9 @@ fn read_error(e: RingError) -> ReadError {
         other => ReadError::Local(std::io::Error::other(other)),
     }
 }
+
+/// How long a lane's reader sleeps at most before it looks again by itself.
+const SAFETY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest a reader spins before it sleeps: about what a sleep and a wake-up cost here.
 const SPIN_MAX: Duration = Duration::from_micros(40);

@@ -356,6 +356,11 @@ impl Link {
         Some(stats)
     }
 
+    /// Whether the fast lane's ring seems to hold a frame not read yet.
+    pub fn lane_waiting(&self) -> bool {
+        self.lock_rx().as_ref().is_some_and(LaneRx::looks_ready)
+    }
+
     /// Whether this side sends through a fast lane.
     pub fn has_lane(&self) -> bool {
         self.lane_on.load(Ordering::Relaxed)
