@@ -252,7 +252,7 @@ pub fn idle_child(lane: bool, secs: u64) {
     });
     let used = || cpu_time_ns(std::process::id()) + cpu_time_ns(echo.pid());
     let (before, start) = (used(), Instant::now());
-    rt.block_on(actix_rt::time::sleep(Duration::from_secs(secs)));
+    rt.block_on(async { actix_rt::time::sleep(Duration::from_secs(secs)).await });
     let per_second = (used() - before) as f64 / start.elapsed().as_secs_f64();
     println!("IDLE {per_second}");
     rt.block_on(echo.stop()).unwrap();

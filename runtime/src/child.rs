@@ -120,6 +120,8 @@ fn bootstrap() -> Result<i32, String> {
         sys::pin_to_cpu(cpu).map_err(|e| format!("cannot pin to cpu {cpu}: {e}"))?;
     }
     let link = Arc::new(Link::new(connection()?, limits, send_queue));
+    // The parent may open a fast lane; only a child's end takes an offer.
+    link.accept_lane_offers();
     let mut hello = link.frame_buf();
     std::io::Write::write_all(&mut hello, &crate::spawn::encode_hello()).map_err(|e| e.to_string())?;
     link.send(hello, Vec::new(), Admission::Control).map_err(|e| format!("cannot send the hello: {e}"))?;

@@ -632,8 +632,11 @@ fn poll_connection(
         return Poll::Ready(End::Moved);
     }
     core.reading.progress.fetch_add(1, Ordering::Relaxed);
-    // A failed flush means the child is gone; its pidfd will say so.
-    let _ = driver.poll_flush(cx);
+    // A failed flush means the child is gone (its pidfd will say so), or that it wrote garbage
+    // into the fast lane's ring.
+    if let Poll::Ready(Err(crate::transport::LinkSendError::Broken(e))) = driver.poll_flush(cx) {
+        return Poll::Ready(End::Read(ReadError::Protocol(e)));
+    }
     let expecting = driver.link().has_lane() && {
         *core.reading.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
         !core.lock().pending.is_empty()
@@ -658,10 +661,17 @@ fn poll_connection(
     }
 }
 
+/// The most frames read after a child exited: more than its socket and its fast lane can hold
+/// (a grandchild that kept the lane's memory could otherwise keep the driver here for ever).
+const DRAIN_MAX: usize = 1 << 16;
+
 /// Routes the frames the child sent before it exited.
 fn drain(core: &Arc<Core>) {
     let _reading = core.reading.lock.lock().unwrap_or_else(|e| e.into_inner());
-    while core.lock().broken.is_none() {
+    for _ in 0..DRAIN_MAX {
+        if core.lock().broken.is_some() {
+            return;
+        }
         match core.outbox.link().recv_now() {
             Ok(Some(frame)) => core.route(frame),
             Ok(None) | Err(ReadError::Closed) => return,

@@ -66,7 +66,6 @@ pub(super) fn watch(core: &Arc<Core>) {
 async fn look_until_none_left() {
     let mut tick = TICK;
     loop {
-        IDLE.store(tick == IDLE_TICK, Ordering::SeqCst);
         tokio::select! {
             () = tokio::time::sleep(tick) => {}
             () = WAKE.notified() => {}
@@ -78,11 +77,15 @@ async fn look_until_none_left() {
             IDLE.store(false, Ordering::SeqCst);
             return;
         }
+        // Idle is said before the look that decides it, so that a call made meanwhile either
+        // is seen by the look or sees the flag and wakes the watchdog.
+        IDLE.store(true, Ordering::SeqCst);
         let busy = registry
             .watched
             .iter()
             .any(|entry| entry.stale > 0 || entry.core.upgrade().is_some_and(|core| busy(&core)));
         tick = if busy { TICK } else { IDLE_TICK };
+        IDLE.store(!busy, Ordering::SeqCst);
     }
 }
 

@@ -757,7 +757,11 @@ impl Consumer {
 
     /// The oldest committed slot, if one is there now: no system call, no look at the peer.
     pub(crate) fn take_now(&mut self) -> Result<Option<Slot>, RingError> {
-        self.take()
+        let taken = self.take();
+        if let Ok(Some(_)) = &taken {
+            self.end.waiter.settled();
+        }
+        taken
     }
 
     /// Whether a committed slot seems to be there (or the producer closed): for a spin.
@@ -842,7 +846,7 @@ impl Consumer {
             return Err(Corrupt("slot length").into());
         }
         let socket = Arc::clone(&self.end.waiter.socket);
-        Ok(Some(Slot { core: Arc::clone(core), socket, index, len: len as usize, sequence }))
+        Ok(Some(Slot { core: Arc::clone(core), socket, index, len: len as usize, sequence, released: false }))
     }
 }
 
@@ -901,6 +905,8 @@ pub struct Slot {
     index: u32,
     len: usize,
     sequence: u64,
+    /// Given back already (by [`Slot::release`]).
+    released: bool,
 }
 
 impl Slot {
@@ -919,8 +925,19 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// Gives the slot back now, saying whether that worked (dropping it only logs a failure).
+    pub(crate) fn release(mut self) -> Result<(), Corrupt> {
+        self.released = true;
+        self.core.release(self.index, &self.socket)
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
+        if self.released {
+            return;
+        }
         if let Err(e) = self.core.release(self.index, &self.socket) {
             tracing::error!("could not give a ring slot back: {e}");
         }

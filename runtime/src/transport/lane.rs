@@ -216,7 +216,7 @@ impl LaneRx {
     /// that exited).
     pub(crate) fn take_now(&mut self) -> Result<Option<Item>, ReadError> {
         match self.consumer.take_now() {
-            Ok(Some(slot)) => Ok(Some(self.item(slot))),
+            Ok(Some(slot)) => self.item(slot).map(Some),
             Ok(None) => Ok(None),
             Err(e) => Err(read_error(e)),
         }
@@ -235,7 +235,7 @@ impl LaneRx {
             match self.consumer.take_now() {
                 Ok(Some(slot)) => {
                     self.spin.found();
-                    return Poll::Ready(Ok(self.item(slot)));
+                    return Poll::Ready(self.item(slot));
                 }
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(read_error(e))),
@@ -251,7 +251,7 @@ impl LaneRx {
             return match self.consumer.poll_recv(cx) {
                 Poll::Ready(Ok(slot)) => {
                     self.spin.found();
-                    Poll::Ready(Ok(self.item(slot)))
+                    Poll::Ready(self.item(slot))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(read_error(e))),
                 Poll::Pending => {
@@ -267,13 +267,17 @@ impl LaneRx {
         &self.consumer
     }
 
-    fn item(&mut self, slot: Slot) -> Item {
-        if slot.is_empty() {
+    /// What a slot holds; the slot goes back at once (a peer that makes that fail broke the
+    /// protocol: only logging it would let it stall this thread again and again).
+    fn item(&mut self, slot: Slot) -> Result<Item, ReadError> {
+        let item = if slot.is_empty() {
             self.owed += 1;
             Item::Marker
         } else {
             Item::Frame(slot.to_vec())
-        }
+        };
+        slot.release().map_err(|corrupt| ReadError::Protocol(ProtocolError::Lane(corrupt.to_string())))?;
+        Ok(item)
     }
 }
 

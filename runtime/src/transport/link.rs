@@ -305,6 +305,8 @@ pub struct Link {
     rx: Mutex<Option<LaneRx>>,
     /// Whether frames are sent through a fast lane.
     lane_on: AtomicBool,
+    /// Whether this end may take a lane offer (a child's end; a parent only offers).
+    takes_offers: AtomicBool,
 }
 
 #[derive(Default)]
@@ -330,7 +332,14 @@ impl Link {
             out: Mutex::new(Outgoing::default()),
             rx: Mutex::new(None),
             lane_on: AtomicBool::new(false),
+            takes_offers: AtomicBool::new(false),
         }
+    }
+
+    /// Lets this end take a fast lane the other end offers (a child's end does; a lane datagram
+    /// that no offer of ours awaits is otherwise a protocol error).
+    pub fn accept_lane_offers(&self) {
+        self.takes_offers.store(true, Ordering::Relaxed);
     }
 
     /// Opens a fast lane to the child `peer` on the other end (see [`lane`](super::lane)):
@@ -358,7 +367,11 @@ impl Link {
 
     /// Whether the fast lane's ring seems to hold a frame not read yet.
     pub fn lane_waiting(&self) -> bool {
-        self.lock_rx().as_ref().is_some_and(LaneRx::looks_ready)
+        // A reader holds the lock only while it reads: then nothing is neglected.
+        match self.rx.try_lock() {
+            Ok(rx) => rx.as_ref().is_some_and(LaneRx::looks_ready),
+            Err(_) => false,
+        }
     }
 
     /// Whether this side sends through a fast lane.
@@ -414,10 +427,11 @@ impl Link {
             Some(_) => {
                 Err(ReadError::Protocol(ProtocolError::Lane("an offer where an answer was due".into())))
             }
-            None => {
+            None if self.takes_offers.load(Ordering::Relaxed) => {
                 drop(rx);
                 self.accept_lane(&body, fds)
             }
+            None => Err(ReadError::Protocol(ProtocolError::Lane("a switch-over nobody offered".into()))),
         }
     }
 
@@ -445,7 +459,14 @@ impl Link {
         }
         slot.commit(0).map_err(ring_send_error)?;
         datagram.route = Route::Socket;
-        self.try_send(lane, datagram)
+        // The marker is in: the frame must follow, or the reader would take the next socket
+        // frame in its place. A socket that refuses it for good breaks the connection.
+        self.try_send(lane, datagram).map_err(|e| match e {
+            LinkSendError::Io(e) => LinkSendError::Broken(ProtocolError::Lane(format!(
+                "a frame announced in the ring failed: {e}"
+            ))),
+            other => other,
+        })
     }
 
     /// This connection's limits.
@@ -857,6 +878,7 @@ mod tests {
     /// A parent and a child link with a lane between them, switched over both ways.
     fn laned(config: LaneConfig) -> (Link, Link) {
         let (parent, child) = links();
+        child.accept_lane_offers();
         parent.offer_lane(config, std::process::id()).unwrap();
         assert!(child.recv_now().unwrap().is_none(), "the offer is no frame");
         assert!(parent.recv_now().unwrap().is_none(), "the answer is no frame");
@@ -917,6 +939,15 @@ mod tests {
         let datagram = framing::lane_header(0, 0);
         socket::send_datagram(child.socket(), &[&datagram], &[]).unwrap();
         send(&child, &vec![1u8; 10_000]).unwrap();
+        assert!(matches!(parent.recv_now(), Err(ReadError::Protocol(ProtocolError::Lane(_)))));
+    }
+
+    #[test]
+    fn an_offer_to_an_end_that_takes_none_is_a_protocol_error() {
+        let (parent, child) = links();
+        // The child offers a lane of its own making to its parent.
+        child.accept_lane_offers();
+        child.offer_lane(LaneConfig::default(), std::process::id()).unwrap();
         assert!(matches!(parent.recv_now(), Err(ReadError::Protocol(ProtocolError::Lane(_)))));
     }
 }
