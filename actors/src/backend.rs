@@ -15,14 +15,14 @@ use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Handler, Wr
 use ensemble_runtime::child::ChildBoot;
 use ensemble_runtime::error_chain;
 use ensemble_runtime::logs;
-use ensemble_runtime::transport::{Admission, Frame, LinkDriver, Payload, ReadError};
+use ensemble_runtime::transport::{Admission, Frame, LinkDriver, Payload, ReadError, SpinFor};
 use ensemble_runtime::wire::{self, Failure, ToChild, ToParent};
 use ensemble_runtime::Outbox;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -53,6 +53,8 @@ pub fn run_child<A: ProcessActor>(mut boot: ChildBoot) -> i32 {
         name: boot.name.clone(),
         outbox: Outbox::new(Arc::clone(&link)),
         stop: AtomicBool::new(false),
+        handled: AtomicU64::new(0),
+        reader: std::sync::Mutex::new(None),
     });
     drop(boot);
     let system = actix_rt::System::new();
@@ -123,13 +125,26 @@ async fn read_parent<A: ProcessActor>(
     // After a frame is handed over alone, the next poll takes whatever else has arrived as one
     // batch: the first frame of a burst is handled at once, the rest with one wake-up.
     let mut batch_next = false;
+    let mut handed = 0u64;
     let end = std::future::poll_fn(|cx| {
         if let Poll::Ready(Err(e)) = driver.poll_flush(cx) {
             return Poll::Ready(Err(ReadError::Local(std::io::Error::other(e))));
         }
         let mut batch = Vec::new();
+        // With a fast lane, spin for the next frame only once the backend is done with the
+        // frames it has (it runs on this thread); it wakes this task when it is.
+        let spin = if !driver.link().has_lane() {
+            SpinFor::Nothing
+        } else if shared.handled.load(Ordering::Relaxed) == handed {
+            SpinFor::NextFrame
+        } else {
+            *shared.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            SpinFor::Later
+        };
         let end = loop {
-            match driver.poll_frame(cx) {
+            // Once a frame is in hand, only what has arrived already joins it: no spin.
+            let spin = if batch.is_empty() { spin } else { SpinFor::Nothing };
+            match driver.poll_frame_spinning(cx, spin) {
                 Poll::Ready(Ok(frame)) if acknowledged(&shared, &frame) => {}
                 Poll::Ready(Ok(frame)) => {
                     batch.push(frame);
@@ -150,6 +165,7 @@ async fn read_parent<A: ProcessActor>(
         };
         batch_next = !batch.is_empty() && !batch_next;
         if !batch.is_empty() {
+            handed += batch.len() as u64;
             addr.do_send(Incoming(batch));
         }
         end
@@ -265,9 +281,23 @@ impl<A: ProcessActor> Backend<A> {
     /// Handles the backlog in order, until it is empty or an async handler is running.
     fn drain(&mut self, ctx: &mut actix::Context<Self>) {
         while !self.busy && !self.stopping {
-            let Some(frame) = self.backlog.pop_front() else { return };
+            let Some(frame) = self.backlog.pop_front() else { break };
             self.handle_frame(frame, ctx);
+            if !self.busy {
+                self.done_with_frame();
+            }
         }
+        if self.backlog.is_empty() && !self.busy {
+            let reader = self.ctx_shared().reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(reader) = reader {
+                reader.wake();
+            }
+        }
+    }
+
+    /// One more frame handled (the reader may spin on the fast lane once all are).
+    fn done_with_frame(&self) {
+        self.ctx_shared().handled.fetch_add(1, Ordering::Relaxed);
     }
 
     fn handle_frame(&mut self, frame: Frame, ctx: &mut actix::Context<Self>) {
@@ -321,6 +351,7 @@ impl<A: ProcessActor> Backend<A> {
                 ctx.wait(future.into_actor(self).map(move |outcome, act, ctx| {
                     act.busy = false;
                     act.finish(id, outcome, ctx);
+                    act.done_with_frame();
                     act.drain(ctx);
                 }));
             }

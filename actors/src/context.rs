@@ -22,6 +22,11 @@ pub(crate) struct ContextShared {
     pub(crate) name: String,
     pub(crate) outbox: Outbox<ToParent>,
     pub(crate) stop: AtomicBool,
+    /// Frames the backend has finished with (the reader counts those it handed over: while
+    /// they differ, the reader must not spin on the fast lane, or the handler could not run).
+    pub(crate) handled: std::sync::atomic::AtomicU64,
+    /// The reader's task, woken when the backend has caught up, so that it may spin then.
+    pub(crate) reader: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 /// An event that could not be sent to the frontend.

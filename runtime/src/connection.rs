@@ -641,7 +641,8 @@ fn poll_connection(
         *core.reading.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
         !core.lock().pending.is_empty()
     };
-    match driver.poll_frame_expecting(cx, expecting) {
+    let spin = if expecting { crate::transport::SpinFor::Reply } else { crate::transport::SpinFor::Nothing };
+    match driver.poll_frame_spinning(cx, spin) {
         Poll::Ready(Ok(frame)) => {
             core.route(frame);
             if core.lock().broken.is_some() {

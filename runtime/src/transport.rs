@@ -28,7 +28,7 @@ pub mod lane;
 mod link;
 
 pub use framing::{Limits, ProtocolError};
-pub use lane::{LaneConfig, LaneError, LaneStats};
+pub use lane::{LaneConfig, LaneError, LaneStats, SpinFor};
 #[cfg(test)]
 pub(crate) use link::inline_max;
 pub use link::{Admission, Frame, FrameBuf, Link, LinkDriver, LinkSendError, Payload, ReadError};

@@ -78,6 +78,10 @@ pub struct LaneStats {
     pub safety_timeouts: u64,
     /// Safety timeouts that found a frame: wake-ups that were lost. Zero unless there is a bug.
     pub lost_wakeups: u64,
+    /// Spins of this side's reader that found a frame.
+    pub spins_found: u64,
+    /// Spins that found nothing (the reader then slept).
+    pub spins_missed: u64,
 }
 
 /// Why a fast lane could not be set up.
@@ -92,6 +96,20 @@ pub enum LaneError {
     /// The connection is closed.
     #[error("the connection is closed")]
     Closed,
+}
+
+/// Whether a reader with a fast lane may spin for the next frame before it sleeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpinFor {
+    /// Sleep at once (on the ring's doorbell): nothing is expected soon.
+    Nothing,
+    /// Do not wait on the ring at all: another task of this thread runs first (a handler with
+    /// frames to handle) and wakes this one when it is done. The peer need not ring meanwhile.
+    Later,
+    /// Spin if frames came recently (the next is likely close behind).
+    NextFrame,
+    /// Spin: a reply is awaited.
+    Reply,
 }
 
 /// The most a lane datagram's body may hold: an offer is 16 bytes.
@@ -188,6 +206,8 @@ impl LaneRx {
             sleeps: ring.sleeps,
             safety_timeouts: ring.safety_timeouts,
             lost_wakeups: ring.lost_wakeups,
+            spins_found: self.spin.found,
+            spins_missed: self.spin.missed,
         }
     }
 
@@ -222,13 +242,9 @@ impl LaneRx {
         }
     }
 
-    /// The next item, spinning first when that pays (`expecting`: a reply is awaited), then
+    /// The next item, spinning first when `spin` asks for it and that pays, then
     /// sleeping on the ring's doorbell.
-    pub(crate) fn poll_item(
-        &mut self,
-        cx: &mut Context<'_>,
-        expecting: bool,
-    ) -> Poll<Result<Item, ReadError>> {
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>, spin: SpinFor) -> Poll<Result<Item, ReadError>> {
         self.consumer.awake();
         let mut looks = 0;
         loop {
@@ -244,10 +260,19 @@ impl LaneRx {
             // scribbled one) goes on to the wait below, which tells which.
             looks += 1;
             let consumer = &self.consumer;
-            if looks == 1 && (expecting || self.spin.hot) && self.spin.spin(|| consumer.looks_ready()) {
-                continue;
+            let wanted = match spin {
+                SpinFor::Later => return Poll::Pending,
+                SpinFor::Nothing => false,
+                SpinFor::NextFrame => self.spin.hot,
+                SpinFor::Reply => true,
+            };
+            if looks == 1 && wanted {
+                if self.spin.spin(|| consumer.looks_ready()) {
+                    continue;
+                }
+                // Nothing came within the spin: cold until a frame comes.
+                self.spin.hot = false;
             }
-            self.spin.hot = false;
             return match self.consumer.poll_recv(cx) {
                 Poll::Ready(Ok(slot)) => {
                     self.spin.found();
@@ -295,9 +320,12 @@ fn read_error(e: RingError) -> ReadError {
 const SAFETY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest a reader spins before it sleeps: about what a sleep and a wake-up cost here.
-const SPIN_MAX: Duration = Duration::from_micros(40);
+const SPIN_MAX: Duration = Duration::from_micros(50);
 /// The shortest budget a reader keeps after spins that found nothing.
 const SPIN_MIN: Duration = Duration::from_micros(2);
+/// A frame found within this long after the reader went to sleep (a wake-up included, which
+/// costs 10-40 µs here) would have been caught by a full spin: the budget goes back up.
+const SPIN_WOULD_HAVE_PAID: Duration = Duration::from_micros(100);
 /// How often whether spinning can pay at all is looked at again (CPU affinities change).
 const SPIN_RECHECK: Duration = Duration::from_secs(1);
 
@@ -313,11 +341,22 @@ struct Spin {
     slept: Option<Instant>,
     pays: bool,
     checked: Option<Instant>,
+    found: u64,
+    missed: u64,
 }
 
 impl Spin {
     fn new(peer: u32) -> Spin {
-        Spin { peer, budget: SPIN_MAX / 4, hot: false, slept: None, pays: false, checked: None }
+        Spin {
+            peer,
+            budget: SPIN_MAX,
+            hot: false,
+            slept: None,
+            pays: false,
+            checked: None,
+            found: 0,
+            missed: 0,
+        }
     }
 
     /// Whether spinning can pay: not when this side and the peer can only run on one and the
@@ -339,12 +378,14 @@ impl Spin {
         loop {
             for _ in 0..32 {
                 if ready() {
+                    self.found += 1;
                     return true;
                 }
                 std::hint::spin_loop();
             }
             if start.elapsed() >= self.budget {
                 self.budget = (self.budget / 2).max(SPIN_MIN);
+                self.missed += 1;
                 return false;
             }
         }
@@ -354,14 +395,13 @@ impl Spin {
         self.slept = Some(Instant::now());
     }
 
-    /// A frame was found. If it came soon after the reader went to sleep, a longer spin would
-    /// have caught it: the budget grows to cover such a wait.
+    /// A frame was found. If it came soon after the reader went to sleep, a full spin would
+    /// have caught it: the budget goes back up to the full spin.
     fn found(&mut self) {
         self.hot = true;
         if let Some(slept) = self.slept.take() {
-            let waited = slept.elapsed();
-            if waited < SPIN_MAX {
-                self.budget = (self.budget * 2).max(waited + waited / 2).min(SPIN_MAX);
+            if slept.elapsed() < SPIN_WOULD_HAVE_PAID {
+                self.budget = SPIN_MAX;
             }
         }
     }
@@ -402,12 +442,12 @@ mod tests {
         spin.budget = SPIN_MIN;
         spin.sleeping();
         spin.found();
-        assert!(spin.budget > SPIN_MIN && spin.budget <= SPIN_MAX);
+        assert_eq!(spin.budget, SPIN_MAX);
         assert!(spin.hot);
-        let grown = spin.budget;
+        spin.budget = SPIN_MIN;
         spin.slept = Some(Instant::now() - Duration::from_millis(5));
         spin.found();
-        assert_eq!(spin.budget, grown, "a long sleep says spinning would not have paid");
+        assert_eq!(spin.budget, SPIN_MIN, "a long sleep says spinning would not have paid");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and flushing, polled by a tokio reactor.
 
 use super::framing::{self, Layout, Limits, ProtocolError, HEADER_LEN};
-use super::lane::{self, Item, LaneConfig, LaneError, LaneRx, LaneStats};
+use super::lane::{self, Item, LaneConfig, LaneError, LaneRx, LaneStats, SpinFor};
 use crate::ring::{Producer, RingError};
 use crate::sys::memfd::{self, BodyWriter};
 use crate::sys::reactor::{self, Owner};
@@ -763,23 +763,23 @@ impl LinkDriver {
     /// [`ReadError::Closed`] once the peer closed (after every frame it sent was read),
     /// [`ReadError::Protocol`] for a frame that breaks a rule, [`ReadError::Local`] otherwise.
     pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, ReadError>> {
-        self.poll_frame_expecting(cx, false)
+        self.poll_frame_spinning(cx, SpinFor::Nothing)
     }
 
-    /// As [`poll_frame`](Self::poll_frame); `expecting` says that a reply is awaited, so that
-    /// with a fast lane the reader spins for it a while before it sleeps.
+    /// As [`poll_frame`](Self::poll_frame); with a fast lane, `spin` says whether the reader
+    /// may spin a while for the next frame before it sleeps.
     ///
     /// # Errors
     /// As [`poll_frame`](Self::poll_frame).
-    pub fn poll_frame_expecting(
+    pub fn poll_frame_spinning(
         &mut self,
         cx: &mut Context<'_>,
-        expecting: bool,
+        spin: SpinFor,
     ) -> Poll<Result<Frame, ReadError>> {
         loop {
             let mut rx = self.link.lock_rx();
             if let Some(lane) = rx.as_mut().filter(|lane| lane.reads_ring()) {
-                match lane.poll_item(cx, expecting) {
+                match lane.poll_item(cx, spin) {
                     Poll::Ready(Ok(Item::Frame(bytes))) => return Poll::Ready(self.link.lane_frame(bytes)),
                     Poll::Ready(Ok(Item::Marker)) => continue,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
