@@ -17,7 +17,7 @@
 //!    after which its own frames follow the lane's order;
 //! 3. the parent reads the socket until that answer, then the ring.
 //!
-//! Waiting: the reader spins only while it pays ([`Spin`]): never when the two sides share the
+//! Waiting: the reader spins only while it pays: never when the two sides share the
 //! only CPU either may run on, only after it found a frame recently or while the parent waits
 //! for a reply, and for a budget that adapts to how long the waits that ended in sleep really
 //! were. Then it sleeps on the ring's doorbell, which the writer rings only when it saw "I
