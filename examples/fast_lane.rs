@@ -1,6 +1,6 @@
 //! A request/response loop to a process actor, with and without a fast lane.
 //!
-//! `cargo run --release --example fast_lane [-- --calls N] [--split]`
+//! `cargo run --release --example fast_lane [-- --calls N] [--split] [--lane-only]`
 //!
 //! Spawns the same `Pricer` twice, once with `SpawnOptions::fast_lane()`, and makes calls one
 //! at a time to each, printing the median and p99 of a call and what the lane counted. With
@@ -51,6 +51,8 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let split = args.iter().any(|a| a == "--split");
+    // Only the fast lane (to profile it alone).
+    let lane_only = args.iter().any(|a| a == "--lane-only");
     let calls = args
         .iter()
         .skip_while(|a| *a != "--calls")
@@ -66,14 +68,18 @@ async fn main() {
     let laned =
         ensemble::spawn_with(Pricer { spread: 0.5 }, options.name("pricer-lane").fast_lane()).await.unwrap();
     // Warm both up, then measure them in turn.
-    timed(&plain, calls / 10).await;
+    let rounds = if lane_only { 0 } else { 1 };
+    timed(&plain, rounds * calls / 10).await;
     timed(&laned, calls / 10).await;
-    let (socket, lane) = (timed(&plain, calls).await, timed(&laned, calls).await);
+    let (socket, lane) = (timed(&plain, rounds * calls).await, timed(&laned, calls).await);
     println!(
         "{calls} calls, one at a time ({}):",
         if split { "parent on CPU 0, children on CPU 1" } else { "unpinned" }
     );
     for (name, times) in [("socket", &socket), ("fast lane", &lane)] {
+        if times.is_empty() {
+            continue;
+        }
         println!("  {name:<10} median {:>8.2?}  p99 {:>8.2?}", at(times, 0.5), at(times, 0.99));
     }
     let stats = laned.fast_lane_stats().expect("a fast lane");

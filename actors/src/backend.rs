@@ -133,7 +133,8 @@ async fn read_parent<A: ProcessActor>(
         let mut batch = Vec::new();
         // With a fast lane, spin for the next frame only once the backend is done with the
         // frames it has (it runs on this thread); it wakes this task when it is.
-        let spin = if !driver.link().has_lane() {
+        let lane = driver.link().has_lane();
+        let spin = if !lane {
             SpinFor::Nothing
         } else if shared.handled.load(Ordering::Relaxed) == handed {
             SpinFor::NextFrame
@@ -142,8 +143,16 @@ async fn read_parent<A: ProcessActor>(
             SpinFor::Later
         };
         let end = loop {
-            // Once a frame is in hand, only what has arrived already joins it: no spin.
-            let spin = if batch.is_empty() { spin } else { SpinFor::Nothing };
+            // Once a frame is in hand, only what has arrived already joins it: no spin, and no
+            // doorbell either (the backend wakes this task once it has handled the batch).
+            let spin = if batch.is_empty() {
+                spin
+            } else if lane {
+                *shared.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                SpinFor::Later
+            } else {
+                SpinFor::Nothing
+            };
             match driver.poll_frame_spinning(cx, spin) {
                 Poll::Ready(Ok(frame)) if acknowledged(&shared, &frame) => {}
                 Poll::Ready(Ok(frame)) => {

@@ -433,6 +433,10 @@ impl Core {
         if self.outbox.link().has_lane() {
             let driver = self.reading.driver.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(driver) = driver {
+                // Woken here, the driver looks at the ring next: the child need not ring for
+                // the reply. (Without a waker to wake, the flag stays: another caller took it,
+                // and the driver may have gone back to sleep since.)
+                self.outbox.link().lane_reader_looks();
                 driver.wake();
             }
         }

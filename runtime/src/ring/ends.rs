@@ -350,8 +350,8 @@ impl End {
             sleeps: counts.sleeps.load(Ordering::Relaxed),
             safety_timeouts: counts.safety_timeouts.load(Ordering::Relaxed),
             lost_wakeups: counts.lost_wakeups.load(Ordering::Relaxed),
-            overwritten: self.core.side(at::PRODUCER, at::S_OVERWRITTEN).load(Ordering::Relaxed),
-            committed: self.core.side(at::PRODUCER, at::S_COMMITS).load(Ordering::Relaxed),
+            overwritten: self.core.word(at::W_OVERWRITTEN).load(Ordering::Relaxed),
+            committed: self.core.word(at::W_COMMITS).load(Ordering::Relaxed),
         }
     }
 
@@ -538,7 +538,7 @@ impl Producer {
     /// Takes up a producing end another process exported.
     pub(crate) fn import(exported: &Exported) -> Result<Producer, String> {
         let end = End::import(exported, Role::Producer)?;
-        let sequence = end.core.side(at::PRODUCER, at::S_COMMITS).load(Ordering::Relaxed);
+        let sequence = end.core.word(at::W_COMMITS).load(Ordering::Relaxed);
         Ok(Producer { end, spare: AtomicU64::new(NONE), sequence, checked: Instant::now() })
     }
 
@@ -621,7 +621,7 @@ impl Producer {
         }
         if core.policy == WhenFull::OverwriteOldest {
             if let Some(index) = core.committed().pop()? {
-                core.side(at::PRODUCER, at::S_OVERWRITTEN).fetch_add(1, Ordering::Relaxed);
+                core.word(at::W_OVERWRITTEN).fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(index as u32));
             }
         }
@@ -635,7 +635,7 @@ impl Producer {
         header[1].store(self.sequence, Ordering::Relaxed);
         core.committed().push(u64::from(index))?;
         self.sequence = self.sequence.wrapping_add(1);
-        core.side(at::PRODUCER, at::S_COMMITS).fetch_add(1, Ordering::Relaxed);
+        core.word(at::W_COMMITS).fetch_add(1, Ordering::Relaxed);
         wait::wake(core.side(at::CONSUMER, at::S_SLEEPING), &self.end.waiter.socket);
         Ok(())
     }
@@ -666,7 +666,7 @@ impl Serialize for Producer {
 impl<'de> Deserialize<'de> for Producer {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let end = End::deserialize(deserializer, Role::Producer)?;
-        let sequence = end.core.side(at::PRODUCER, at::S_COMMITS).load(Ordering::Relaxed);
+        let sequence = end.core.word(at::W_COMMITS).load(Ordering::Relaxed);
         Ok(Producer { end, spare: AtomicU64::new(NONE), sequence, checked: Instant::now() })
     }
 }

@@ -2,8 +2,10 @@
 //! length before any word is touched.
 //!
 //! ```text
-//! word  0..8    line 0: magic, version, policy, buffers, slot size, queue capacity, data offset
-//! word  8..16   line 1: the producer's side: pid, start time, sleeping, closed, commits, overwritten
+//! word  0..8    line 0: magic, version, policy, buffers, slot size; the producer's counters
+//!               (commits, overwritten), which nobody reads on a hot path
+//! word  8..16   line 1: the producer's side: pid, start time, sleeping, closed (read by the
+//!               consumer at each look, so nothing written per frame lives here)
 //! word 16..24   line 2: the consumer's side: pid, start time, sleeping, closed
 //! word 24..56   lines 3-6: enqueue and dequeue positions of the committed and free queues
 //! then          the committed queue's cells, then the free queue's (2 words each: sequence, value)
@@ -13,7 +15,7 @@
 /// "ENSRING1".
 pub(crate) const MAGIC: u64 = u64::from_be_bytes(*b"ENSRING1");
 /// Bumped when the layout or the protocol changes.
-pub(crate) const VERSION: u64 = 1;
+pub(crate) const VERSION: u64 = 2;
 
 /// Words of line 0.
 pub(crate) const W_MAGIC: usize = 0;
@@ -21,14 +23,15 @@ pub(crate) const W_VERSION: usize = 1;
 pub(crate) const W_POLICY: usize = 2;
 pub(crate) const W_BUFFERS: usize = 3;
 pub(crate) const W_SLOT_SIZE: usize = 4;
+/// The producer's counters: frames committed and taken back unread over the ring's life.
+pub(crate) const W_COMMITS: usize = 6;
+pub(crate) const W_OVERWRITTEN: usize = 7;
 
 /// A side's line: words relative to [`PRODUCER`] or [`CONSUMER`].
 pub(crate) const S_PID: usize = 0;
 pub(crate) const S_START: usize = 1;
 pub(crate) const S_SLEEPING: usize = 2;
 pub(crate) const S_CLOSED: usize = 3;
-pub(crate) const S_COMMITS: usize = 4;
-pub(crate) const S_OVERWRITTEN: usize = 5;
 
 /// First word of the producer's line.
 pub(crate) const PRODUCER: usize = 8;

@@ -191,6 +191,11 @@ impl LaneRx {
         LaneRx { consumer, on, owed: 0, spin: Spin::new(peer) }
     }
 
+    /// Clears this reader's "I sleep" flag (see [`Link::lane_reader_looks`](super::Link::lane_reader_looks)).
+    pub(crate) fn awake(&self) {
+        self.consumer.awake();
+    }
+
     /// Whether the ring seems to hold a frame: for the watchdog, which looks whether the
     /// runtime reading the connection neglects it.
     pub(crate) fn looks_ready(&self) -> bool {

@@ -365,6 +365,18 @@ impl Link {
         Some(stats)
     }
 
+    /// A reply is coming and the reader was woken to look for it: the peer need not ring the
+    /// doorbell. (A reader that went to sleep before the call still has its "I sleep" flag set;
+    /// a reply committed before it runs again would otherwise cost the peer a system call.)
+    /// Only call this when the reader is sure to look at the ring next.
+    pub fn lane_reader_looks(&self) {
+        if let Ok(rx) = self.rx.try_lock() {
+            if let Some(lane) = rx.as_ref() {
+                lane.awake();
+            }
+        }
+    }
+
     /// Whether the fast lane's ring seems to hold a frame not read yet.
     pub fn lane_waiting(&self) -> bool {
         // A reader holds the lock only while it reads: then nothing is neglected.
