@@ -280,7 +280,6 @@ impl Connection {
         match self.core.outbox.send(&ToChild::Call { id, tag }, body, Admission::Bounded) {
             Ok(()) => {
                 watchdog::call_made();
-                self.core.look_for_reply();
                 Ok(pending)
             }
             // The child's end is closed: it is exiting and will never read this.
@@ -425,21 +424,6 @@ impl Core {
             self.violation(error.clone());
         }
         send_failure(e)
-    }
-
-    /// A call went out: with a fast lane, the driver looks (and spins a while) for its reply
-    /// rather than sleep until the child rings.
-    fn look_for_reply(&self) {
-        if self.outbox.link().has_lane() {
-            let driver = self.reading.driver.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(driver) = driver {
-                // Woken here, the driver looks at the ring next: the child need not ring for
-                // the reply. (Without a waker to wake, the flag stays: another caller took it,
-                // and the driver may have gone back to sleep since.)
-                self.outbox.link().lane_reader_looks();
-                driver.wake();
-            }
-        }
     }
 
     /// Starts the I/O thread's driver, once; a driver on a caller's runtime stops reading.
@@ -707,10 +691,72 @@ pub struct PendingCall {
     core: Arc<Core>,
 }
 
+impl PendingCall {
+    /// With a fast lane, the caller reads the connection itself for a while (when no driver is
+    /// reading it), spinning, so that a quick reply reaches it without waking any task or
+    /// making the child ring. The driver's "I sleep" flag is cleared meanwhile and set again
+    /// after (Dekker's re-check: a frame that came in between wakes the driver).
+    fn look_for_reply(&self) {
+        let core = &self.core;
+        let link = core.outbox.link();
+        if !link.has_lane() {
+            return;
+        }
+        let Some(budget) = link.lane_spin_budget() else { return };
+        let Ok(reading) = core.reading.lock.try_lock() else { return };
+        let was_sleeping = link.lane_reader_looks();
+        let start = std::time::Instant::now();
+        let mut looks = 0u32;
+        loop {
+            match link.recv_now() {
+                Ok(Some(frame)) => {
+                    core.route(frame);
+                    let state = core.lock();
+                    if state.broken.is_some() || !state.pending.contains_key(&self.id) {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    looks += 1;
+                    if looks.is_multiple_of(32) && start.elapsed() >= budget {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(ReadError::Protocol(e)) => {
+                    drop(reading);
+                    core.violation(e);
+                    return;
+                }
+                // The driver finds the same and deals with it.
+                Err(_) => break,
+            }
+        }
+        // The driver sleeps as it did, unless something came that it must read.
+        let wake = was_sleeping && link.lane_reader_sleeps_again();
+        drop(reading);
+        if wake {
+            if let Some(driver) = core.reading.driver.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                driver.wake();
+            }
+        }
+    }
+}
+
 impl Future for PendingCall {
     type Output = Result<Body, CallFailure>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(result) = self.poll_reply(cx) {
+            return Poll::Ready(result);
+        }
+        self.look_for_reply();
+        self.poll_reply(cx)
+    }
+}
+
+impl PendingCall {
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<Body, CallFailure>> {
         match Pin::new(&mut self.rx).poll(cx) {
             Poll::Ready(Ok(result)) => Poll::Ready(result),
             // The driver drops senders only after it recorded the exit or the violation.

@@ -779,6 +779,21 @@ impl Consumer {
         }
     }
 
+    /// Clears the "I sleep" flag for a reader that looks on the end's behalf; whether it was set.
+    pub(crate) fn wake_up(&self) -> bool {
+        let sleeping = self.end.sleeping();
+        sleeping.load(Ordering::Relaxed) != 0 && sleeping.swap(0, Ordering::SeqCst) != 0
+    }
+
+    /// Sets the "I sleep" flag again (after [`wake_up`](Self::wake_up) said it was set), with the
+    /// re-check of Dekker's protocol: whether a frame (or the end) is there, in which case the
+    /// sleeper must be woken to take it.
+    pub(crate) fn back_to_sleep(&self) -> bool {
+        self.end.sleeping().store(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.looks_ready()
+    }
+
     /// Fills the whole ring with 0xFF, as a buggy peer's stray write would.
     #[cfg(test)]
     pub(crate) fn scribble(&self) {

@@ -191,9 +191,19 @@ impl LaneRx {
         LaneRx { consumer, on, owed: 0, spin: Spin::new(peer) }
     }
 
-    /// Clears this reader's "I sleep" flag (see [`Link::lane_reader_looks`](super::Link::lane_reader_looks)).
-    pub(crate) fn awake(&self) {
-        self.consumer.awake();
+    /// How long a caller waiting for its reply may spin on this ring, if spinning pays at all.
+    pub(crate) fn spin_budget(&mut self) -> Option<Duration> {
+        self.spin.pays().then_some(SPIN_MAX)
+    }
+
+    /// Clears this reader's "I sleep" flag; whether it was set.
+    pub(crate) fn wake_up(&self) -> bool {
+        self.consumer.wake_up()
+    }
+
+    /// Sets it again, with the re-check; whether a frame is there.
+    pub(crate) fn back_to_sleep(&self) -> bool {
+        self.consumer.back_to_sleep()
     }
 
     /// Whether the ring seems to hold a frame: for the watchdog, which looks whether the

@@ -365,16 +365,18 @@ impl Link {
         Some(stats)
     }
 
-    /// A reply is coming and the reader was woken to look for it: the peer need not ring the
-    /// doorbell. (A reader that went to sleep before the call still has its "I sleep" flag set;
-    /// a reply committed before it runs again would otherwise cost the peer a system call.)
-    /// Only call this when the reader is sure to look at the ring next.
-    pub fn lane_reader_looks(&self) {
-        if let Ok(rx) = self.rx.try_lock() {
-            if let Some(lane) = rx.as_ref() {
-                lane.awake();
-            }
-        }
+    /// Someone other than the sleeping reader looks at the fast lane for a while (a caller
+    /// waiting for its reply, holding the connection's read lock): the peer need not ring
+    /// meanwhile. Returns whether the reader's "I sleep" flag was set; if so, give it back with
+    /// [`lane_reader_sleeps_again`](Self::lane_reader_sleeps_again) when done.
+    pub fn lane_reader_looks(&self) -> bool {
+        self.lock_rx().as_ref().is_some_and(LaneRx::wake_up)
+    }
+
+    /// Sets the sleeping reader's flag again; whether a frame came meanwhile (then the reader
+    /// must be woken).
+    pub fn lane_reader_sleeps_again(&self) -> bool {
+        self.lock_rx().as_ref().is_some_and(LaneRx::back_to_sleep)
     }
 
     /// Whether the fast lane's ring seems to hold a frame not read yet.
@@ -384,6 +386,12 @@ impl Link {
             Ok(rx) => rx.as_ref().is_some_and(LaneRx::looks_ready),
             Err(_) => false,
         }
+    }
+
+    /// How long a caller may spin for its reply on the fast lane (`None`: no lane, or spinning
+    /// cannot pay; see [`lane`](super::lane)).
+    pub fn lane_spin_budget(&self) -> Option<Duration> {
+        self.lock_rx().as_mut().and_then(LaneRx::spin_budget)
     }
 
     /// Whether this side sends through a fast lane.
