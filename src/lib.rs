@@ -72,6 +72,11 @@
 //!   ([`ring::RingError::PeerGone`]), never a wait for ever. [`sync`]'s mutex is a kernel lock (a
 //!   holder killed while holding it is reported to the next locker, never a deadlock); its
 //!   queue's messages are single datagrams (a producer killed mid-put sent all or nothing).
+//! - **The fast lane changes speed, nothing else.** An actor spawned with
+//!   [`SpawnOptions::fast_lane`] keeps every guarantee above: order across frames in its rings
+//!   and frames on its socket, a dead child failing its calls at once, garbage in the rings
+//!   treated as a protocol violation. Its callers spin for their replies only while spinning
+//!   can pay (never when both sides can only share one CPU), for at most 50 µs per wait.
 //! - **Builds.** The handshake checks the protocol version and the identity of the
 //!   executable; a child from another build is refused with [`SpawnError::BuildMismatch`].
 //!
