@@ -12,7 +12,7 @@ use harness::within;
 use std::time::{Duration, Instant};
 
 #[derive(Serialize, Deserialize, ProcessActor)]
-#[actor(handles(Echo, Blob, Sum, Nap, Panic, Shout, Scribble), event = Heard)]
+#[actor(handles(Echo, Blob, Sum, Nap, Panic, Shout, Scribble, Big, Halt), event = Heard)]
 struct Lane;
 
 #[derive(Serialize, Deserialize, RemoteMessage)]
@@ -48,6 +48,27 @@ struct Scribble;
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 struct Heard(u32);
+
+/// A reply of this many bytes: larger than a slot, it takes the socket behind a marker.
+#[derive(Serialize, Deserialize, RemoteMessage)]
+#[rtype(result = "Vec<u8>")]
+struct Big(usize);
+
+/// Stops the actor once handled.
+#[derive(Serialize, Deserialize, RemoteMessage)]
+struct Halt;
+
+impl ProcessHandler<Big> for Lane {
+    fn handle(&mut self, Big(n): Big, _: &mut ProcessContext<Self>) -> Vec<u8> {
+        vec![7; n]
+    }
+}
+
+impl ProcessHandler<Halt> for Lane {
+    fn handle(&mut self, _: Halt, ctx: &mut ProcessContext<Self>) {
+        ctx.stop();
+    }
+}
 
 impl ProcessHandler<Echo> for Lane {
     fn handle(&mut self, Echo(n): Echo, _: &mut ProcessContext<Self>) -> u64 {
@@ -283,4 +304,36 @@ fn an_idle_fast_lane_actor_uses_under_one_percent_of_a_cpu() {
         share * 100.0
     );
     println!("idle share of a CPU: {:.4}% (parent {parent} ns, child {child} ns)", share * 100.0);
+}
+
+/// Replies too large for a slot reach a caller whose connection is read on the I/O thread (a
+/// plain thread spawned it): a caller that took the marker and gave up before the frame came
+/// must leave the rest to the driver, at once.
+#[test]
+fn large_replies_reach_a_caller_on_a_plain_thread_without_waiting_for_a_timeout() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        let remote =
+            futures::executor::block_on(ensemble::spawn_with(Lane, SpawnOptions::new().fast_lane())).unwrap();
+        for n in 0..300 {
+            let bytes = futures::executor::block_on(remote.send(Big(5_000 + n))).unwrap();
+            assert_eq!(bytes.len(), 5_000 + n);
+        }
+        let _ = done_tx.send(());
+    });
+    // 300 calls take well under a second; each wait that ended by the lane's 2 s safety
+    // timeout instead of a wake-up would add 2 s.
+    done_rx.recv_timeout(Duration::from_secs(60)).expect("300 large replies within 60 s");
+    caller.join().unwrap();
+}
+
+/// A call queued behind one whose handler stops the actor fails with the exit, at once.
+#[actix_rt::test]
+async fn a_call_behind_a_stop_fails_with_the_exit() {
+    let remote = lane().await;
+    let halt = remote.send(Halt);
+    let behind = remote.send(Echo(1));
+    within(10, halt).await.unwrap();
+    assert!(matches!(within(10, behind).await, Err(CallError::Exited(_))));
+    assert_eq!(within(10, remote.exited()).await.code(), Some(0));
 }

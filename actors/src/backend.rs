@@ -55,6 +55,7 @@ pub fn run_child<A: ProcessActor>(mut boot: ChildBoot) -> i32 {
         stop: AtomicBool::new(false),
         handled: AtomicU64::new(0),
         reader: std::sync::Mutex::new(None),
+        handler_waits: AtomicBool::new(false),
     });
     drop(boot);
     let system = actix_rt::System::new();
@@ -138,6 +139,10 @@ async fn read_parent<A: ProcessActor>(
             SpinFor::Nothing
         } else if shared.handled.load(Ordering::Relaxed) == handed {
             SpinFor::NextFrame
+        } else if shared.handler_waits.load(Ordering::Relaxed) {
+            // An async handler may take long: read on (acknowledgements, the parent's end),
+            // woken by the doorbell.
+            SpinFor::Nothing
         } else {
             *shared.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
             SpinFor::Later
@@ -147,7 +152,7 @@ async fn read_parent<A: ProcessActor>(
             // doorbell either (the backend wakes this task once it has handled the batch).
             let spin = if batch.is_empty() {
                 spin
-            } else if lane {
+            } else if lane && !shared.handler_waits.load(Ordering::Relaxed) {
                 *shared.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
                 SpinFor::Later
             } else {
@@ -296,11 +301,10 @@ impl<A: ProcessActor> Backend<A> {
                 self.done_with_frame();
             }
         }
-        if self.backlog.is_empty() && !self.busy {
-            let reader = self.ctx_shared().reader.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(reader) = reader {
-                reader.wake();
-            }
+        if self.stopping {
+            self.drop_backlog();
+        } else if self.backlog.is_empty() && !self.busy {
+            self.wake_reader();
         }
     }
 
@@ -331,7 +335,25 @@ impl<A: ProcessActor> Backend<A> {
 
     fn stop(&mut self, ctx: &mut actix::Context<Self>) {
         self.stopping = true;
+        self.drop_backlog();
         ctx.stop();
+    }
+
+    /// A stopping backend handles nothing more: what waits is dropped (its callers see the
+    /// exit), counted as done so that the reader does not wait for it, and the reader woken.
+    fn drop_backlog(&mut self) {
+        let dropped = self.backlog.len() as u64;
+        self.backlog.clear();
+        self.ctx_shared().handled.fetch_add(dropped, Ordering::Relaxed);
+        self.wake_reader();
+    }
+
+    /// Wakes the reader if it waits for the backend to catch up.
+    fn wake_reader(&self) {
+        let reader = self.ctx_shared().reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(reader) = reader {
+            reader.wake();
+        }
     }
 
     fn dispatch(
@@ -357,8 +379,12 @@ impl<A: ProcessActor> Backend<A> {
                 let future = entry(Rc::clone(&self.state), frame, at, fds, self.ctx.clone(), delivery);
                 let future = logs::InCall::new(id, future);
                 self.busy = true;
+                self.ctx_shared().handler_waits.store(true, Ordering::Relaxed);
+                // The reader may be waiting for this frame to be done: it reads on meanwhile.
+                self.wake_reader();
                 ctx.wait(future.into_actor(self).map(move |outcome, act, ctx| {
                     act.busy = false;
+                    act.ctx_shared().handler_waits.store(false, Ordering::Relaxed);
                     act.finish(id, outcome, ctx);
                     act.done_with_frame();
                     act.drain(ctx);

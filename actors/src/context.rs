@@ -27,6 +27,9 @@ pub(crate) struct ContextShared {
     pub(crate) handled: std::sync::atomic::AtomicU64,
     /// The reader's task, woken when the backend has caught up, so that it may spin then.
     pub(crate) reader: std::sync::Mutex<Option<std::task::Waker>>,
+    /// An async handler runs: the reader keeps reading (acknowledgements, the parent's end)
+    /// and sleeps on the doorbell instead of waiting for the backend.
+    pub(crate) handler_waits: AtomicBool,
 }
 
 /// An event that could not be sent to the frontend.

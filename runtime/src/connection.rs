@@ -276,7 +276,7 @@ impl Connection {
             }
             id
         };
-        let pending = PendingCall { id, rx, core: Arc::clone(&self.core) };
+        let pending = PendingCall { id, rx, core: Arc::clone(&self.core), spun: false };
         match self.core.outbox.send(&ToChild::Call { id, tag }, body, Admission::Bounded) {
             Ok(()) => {
                 watchdog::call_made();
@@ -689,6 +689,8 @@ pub struct PendingCall {
     id: u64,
     rx: oneshot::Receiver<Result<Body, CallFailure>>,
     core: Arc<Core>,
+    /// The caller has spun for the reply once (later polls only take what is there).
+    spun: bool,
 }
 
 impl PendingCall {
@@ -696,18 +698,28 @@ impl PendingCall {
     /// reading it), spinning, so that a quick reply reaches it without waking any task or
     /// making the child ring. The driver's "I sleep" flag is cleared meanwhile and set again
     /// after (Dekker's re-check: a frame that came in between wakes the driver).
-    fn look_for_reply(&self) {
+    fn look_for_reply(&mut self) {
         let core = &self.core;
         let link = core.outbox.link();
         if !link.has_lane() {
             return;
         }
-        let Some(budget) = link.lane_spin_budget() else { return };
         let Ok(reading) = core.reading.lock.try_lock() else { return };
+        // One spin per call, on its first poll; later polls (spurious, or a `join` of many)
+        // only take what is there.
+        let budget = match std::mem::replace(&mut self.spun, true) {
+            false => link.lane_spin_budget().unwrap_or_default(),
+            true => Duration::ZERO,
+        };
         let was_sleeping = link.lane_reader_looks();
         let start = std::time::Instant::now();
         let mut looks = 0u32;
         loop {
+            looks += 1;
+            // Bounded also while frames keep coming (events, other callers' replies).
+            if looks.is_multiple_of(32) && start.elapsed() >= budget {
+                break;
+            }
             match link.recv_now() {
                 Ok(Some(frame)) => {
                     core.route(frame);
@@ -716,13 +728,8 @@ impl PendingCall {
                         break;
                     }
                 }
-                Ok(None) => {
-                    looks += 1;
-                    if looks.is_multiple_of(32) && start.elapsed() >= budget {
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
+                Ok(None) if budget.is_zero() => break,
+                Ok(None) => std::hint::spin_loop(),
                 Err(ReadError::Protocol(e)) => {
                     drop(reading);
                     core.violation(e);
@@ -732,8 +739,9 @@ impl PendingCall {
                 Err(_) => break,
             }
         }
-        // The driver sleeps as it did, unless something came that it must read.
-        let wake = was_sleeping && link.lane_reader_sleeps_again();
+        // The driver sleeps as it did, unless something came that it must read (in the ring,
+        // or on the socket where a marker we took points).
+        let wake = (was_sleeping && link.lane_reader_sleeps_again()) || link.lane_owes_socket_frame();
         drop(reading);
         if wake {
             if let Some(driver) = core.reading.driver.lock().unwrap_or_else(|e| e.into_inner()).take() {

@@ -757,11 +757,14 @@ impl Consumer {
 
     /// The oldest committed slot, if one is there now: no system call, no look at the peer.
     pub(crate) fn take_now(&mut self) -> Result<Option<Slot>, RingError> {
-        let taken = self.take();
-        if let Ok(Some(_)) = &taken {
-            self.end.waiter.settled();
-        }
-        taken
+        self.take()
+    }
+
+    /// The end's own waiter found a slot outside its wait: the waits before it are over (see
+    /// `Waiter::settled`). Not for another reader taking slots on the end's behalf: that would
+    /// cancel the sleeping waiter's safety timer.
+    pub(crate) fn settle(&mut self) {
+        self.end.waiter.settled();
     }
 
     /// Whether a committed slot seems to be there (or the producer closed): for a spin.

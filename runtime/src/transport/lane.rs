@@ -226,6 +226,11 @@ impl LaneRx {
         }
     }
 
+    /// Whether a marker was taken whose frame is still on the socket.
+    pub(crate) fn owes_socket_frame(&self) -> bool {
+        self.owed > 0
+    }
+
     /// Whether the next frame is read from the ring (else from the socket).
     pub(crate) fn reads_ring(&self) -> bool {
         self.on && self.owed == 0
@@ -265,6 +270,7 @@ impl LaneRx {
         loop {
             match self.consumer.take_now() {
                 Ok(Some(slot)) => {
+                    self.consumer.settle();
                     self.spin.found();
                     return Poll::Ready(self.item(slot));
                 }

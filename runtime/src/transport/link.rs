@@ -394,6 +394,11 @@ impl Link {
         self.lock_rx().as_mut().and_then(LaneRx::spin_budget)
     }
 
+    /// Whether the lane's reader took a marker whose frame is still to be read from the socket.
+    pub fn lane_owes_socket_frame(&self) -> bool {
+        self.lock_rx().as_ref().is_some_and(LaneRx::owes_socket_frame)
+    }
+
     /// Whether this side sends through a fast lane.
     pub fn has_lane(&self) -> bool {
         self.lane_on.load(Ordering::Relaxed)
