@@ -275,8 +275,9 @@ async fn farm_root_helper() {
     // and every later input is pulled only after a result came back.
     let farm = farm(FarmConfig { batch: BatchSize::Fixed(1), ..config(2) }).await;
     let inputs = (0..100_000).map(|i| {
-        if i == 8 {
-            println!("PROGRESS"); // at least 5 tasks have finished
+        // Input 10 is pulled once 10 - 4 = 6 results came back: at least 6 tasks finished.
+        if i == 10 {
+            println!("PROGRESS");
         }
         Task::Sleep(2)
     });
@@ -288,22 +289,14 @@ async fn farm_root_helper() {
 
 #[test]
 fn sigint_stops_dispatch_and_returns_what_finished() {
-    use std::io::BufRead;
-    let mut root = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["farm_root_helper", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(FARM_ROOT_ENV, "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(root.stdout.take().unwrap()).lines().map_while(Result::ok);
-    assert!(lines.by_ref().any(|line| line.contains("PROGRESS")), "the helper made progress");
-    let sent = std::process::Command::new("kill").args(["-INT", &root.id().to_string()]).status().unwrap();
-    assert!(sent.success());
-    let summary = lines.find(|line| line.contains("FINISHED")).expect("the helper reported");
-    let status = root.wait().unwrap();
+    let mut root = harness::Helper::start("farm_root_helper", FARM_ROOT_ENV, "1");
+    root.line_after("PROGRESS", 60);
+    root.signal(rustix::process::Signal::INT);
+    let summary = root.line_after("FINISHED", 60);
+    let status = root.wait(30);
     assert!(status.success(), "{status}");
-    let words: Vec<&str> = summary[summary.find("FINISHED").unwrap()..].split_whitespace().collect();
-    let finished: usize = words[1].parse().unwrap();
-    assert_eq!(words[3], "true", "{summary}");
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    let finished: usize = words[0].parse().unwrap();
+    assert_eq!(words[2], "true", "{summary}");
     assert!((5..100_000).contains(&finished), "{summary}");
 }

@@ -292,9 +292,7 @@ async fn idle_lane_helper() {
 
 #[test]
 fn an_idle_fast_lane_actor_uses_under_one_percent_of_a_cpu() {
-    let out = harness::run_helper("idle_lane_helper", IDLE_ENV, 60);
-    let line =
-        out.lines().find_map(|line| Some(line[line.find("IDLE ")? + 5..].to_owned())).expect("figures");
+    let line = harness::run_helper("idle_lane_helper", IDLE_ENV, "IDLE ", 60);
     let figures: Vec<u64> = line.split(' ').map(|n| n.parse().unwrap()).collect();
     let (elapsed, parent, child) = (figures[0], figures[1], figures[2]);
     let share = (parent + child) as f64 / elapsed as f64;

@@ -10,7 +10,6 @@ use harness::within;
 
 use ensemble::prelude::*;
 use ensemble::HookError;
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -263,21 +262,10 @@ async fn root_process_helper() {
 
 #[test]
 fn killing_the_root_with_sigkill_leaves_no_descendant() {
-    let mut root = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["root_process_helper", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(ROOT_ENV, "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = std::io::BufReader::new(root.stdout.take().unwrap());
-    let pids = stdout.lines().map_while(Result::ok).find_map(|line| {
-        // libtest prints "test root_process_helper ... " before the helper's own output.
-        let rest = &line[line.find("PIDS ")? + 5..];
-        Some(rest.split(' ').map(|p| p.parse::<u32>().unwrap()).collect::<Vec<_>>())
-    });
-    root.kill().unwrap();
-    root.wait().unwrap();
-    let pids = pids.expect("the root printed its descendants");
+    let mut root = harness::Helper::start("root_process_helper", ROOT_ENV, "1");
+    let pids: Vec<u32> = root.line_after("PIDS ", 30).split(' ').map(|p| p.parse().unwrap()).collect();
+    root.signal(rustix::process::Signal::KILL);
+    root.wait(10);
     assert_eq!(pids.len(), 2);
     for pid in pids {
         assert!(wait_gone(pid, Duration::from_secs(5)), "descendant {pid} outlived the root");

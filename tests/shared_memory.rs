@@ -12,7 +12,6 @@ mod harness;
 use ensemble::prelude::*;
 use ensemble::shm::SegmentId;
 use harness::within;
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 #[derive(Serialize, Deserialize, ProcessActor)]
@@ -328,22 +327,14 @@ fn program_tree_helper() {
 #[test]
 fn a_program_tree_killed_mid_handover_leaves_nothing() {
     let before = ensemble_files_in_dev_shm();
-    let mut root = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["program_tree_helper", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(ROOT_ENV, "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = std::io::BufReader::new(root.stdout.take().unwrap());
-    let printed = stdout.lines().map_while(Result::ok).find_map(|line| {
-        let at = line.find("SEGMENTS ")?;
-        let words: Vec<u64> = line[at..].split(' ').filter_map(|w| w.parse().ok()).collect();
-        (words.len() == 3).then(|| (words[0], words[1], words[2] as u32))
-    });
-    let (sent, kept, worker) = printed.expect("the helper printed its segments");
+    let mut root = harness::Helper::start("program_tree_helper", ROOT_ENV, "1");
+    let words: Vec<u64> =
+        root.line_after("SEGMENTS ", 30).split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(words.len(), 3, "the helper printed its segments and its worker");
+    let (sent, kept, worker) = (words[0], words[1], words[2] as u32);
     assert!(held_anywhere(sent) && held_anywhere(kept));
-    root.kill().unwrap();
-    root.wait().unwrap();
+    root.signal(rustix::process::Signal::KILL);
+    root.wait(10);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{worker}")).exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

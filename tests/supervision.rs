@@ -13,9 +13,8 @@ use ensemble::supervisor::{
     Backoff, Intensity, StopOrder, SupervisorError, SupervisorEvent, SupervisorEvents,
 };
 use futures::StreamExt;
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Serialize, Deserialize, ProcessActor)]
 #[actor(handles(Ping, Sleep, Quit), hooks)]
@@ -497,37 +496,11 @@ async fn supervisor_root_helper() {
 #[test]
 fn sigint_to_the_root_shuts_everything_down_in_order() {
     let log = Log::new("sigint");
-    let mut root = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["supervisor_root_helper", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(ROOT_ENV, &log.0)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(root.stdout.take().unwrap());
-    let mut line = String::new();
-    let pids: Vec<u32> = loop {
-        line.clear();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            let _ = root.kill();
-            panic!("the root exited before it was ready: {:?}", root.wait());
-        }
-        if let Some(at) = line.find("READY ") {
-            break line[at + 6..].split_whitespace().map(|p| p.parse().unwrap()).collect();
-        }
-    };
-    let sent = std::process::Command::new("kill").args(["-INT", &root.id().to_string()]).status().unwrap();
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = root.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = root.kill();
-            panic!("the root did not shut down after SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let mut root = harness::Helper::start("supervisor_root_helper", ROOT_ENV, &log.0.to_string_lossy());
+    let pids: Vec<u32> =
+        root.line_after("READY ", 30).split_whitespace().map(|p| p.parse().unwrap()).collect();
+    root.signal(rustix::process::Signal::INT);
+    let status = root.wait(20);
     assert!(status.success(), "{status}");
     assert_eq!(log.lines(), ["b", "a"], "post_run ran in each child, in reverse start order");
     for pid in pids {
