@@ -142,8 +142,10 @@ async fn sigkill_of_a_permanent_child_fails_calls_in_flight_and_restarts_it() {
     let mut events = supervisor.events();
     let root = within(10, supervisor.start()).await.unwrap();
     let first = within(5, worker.send(Ping)).await.unwrap();
-    let in_flight = worker.send(Sleep(60_000));
-    tokio::task::yield_now().await;
+    // A supervised call leaves when first polled: poll it once, so that it is in flight
+    // before the kill (a yield would not poll it).
+    let mut in_flight = Box::pin(worker.send(Sleep(60_000)));
+    assert!(futures::poll!(&mut in_flight).is_pending());
     assert!(worker.remote().unwrap().kill());
     match within(10, in_flight).await {
         Err(CallError::Exited(exit)) => assert_eq!(exit.signal(), Some(libc::SIGKILL)),
