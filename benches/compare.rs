@@ -194,7 +194,7 @@ fn call_roundtrip(
     );
     rt.block_on(echo.stop()).unwrap();
     raw.stop();
-    Row { scenario: format!("call_roundtrip.{placement}"), ensemble: ens, baseline: base, target: Some(1.3) }
+    Row { scenario: format!("call_roundtrip.{placement}"), ensemble: ens, baseline: base, target: None }
 }
 
 /// The typed call of `call_roundtrip` against the two hand-written socket floors, each a
@@ -241,11 +241,16 @@ fn call_vs_sockets(
         .iter()
         .zip(&measured[1..])
         .map(|(waiting, floor)| {
-            let (name, target) = match waiting {
-                Waiting::Reactor => ("call_vs_reactor", Some(1.3)),
-                Waiting::Blocking => ("call_vs_blocking_socket", None),
+            let name = match waiting {
+                Waiting::Reactor => "call_vs_reactor",
+                Waiting::Blocking => "call_vs_blocking_socket",
             };
-            Row { scenario: format!("{name}.{placement}"), ensemble: measured[0], baseline: *floor, target }
+            Row {
+                scenario: format!("{name}.{placement}"),
+                ensemble: measured[0],
+                baseline: *floor,
+                target: None,
+            }
         })
         .collect()
 }
@@ -281,12 +286,7 @@ fn oneway_throughput(rt: &actix_rt::SystemRunner, plan: &Plan, placement: &str, 
     );
     rt.block_on(echo.stop()).unwrap();
     raw.stop();
-    Row {
-        scenario: format!("oneway_throughput.{placement}"),
-        ensemble: ens,
-        baseline: base,
-        target: Some(1.2),
-    }
+    Row { scenario: format!("oneway_throughput.{placement}"), ensemble: ens, baseline: base, target: None }
 }
 
 fn spawn_stop(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
@@ -313,7 +313,7 @@ fn spawn_stop(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
             per_op(start, plan.spawns)
         },
     );
-    Row { scenario: "spawn_stop".into(), ensemble: ens, baseline: base, target: Some(3.0) }
+    Row { scenario: "spawn_stop".into(), ensemble: ens, baseline: base, target: None }
 }
 
 fn restart_latency(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
@@ -352,18 +352,12 @@ fn restart_latency(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
         },
     );
     rt.block_on(root.shutdown()).unwrap();
-    Row { scenario: "restart_latency".into(), ensemble: ens, baseline: base, target: Some(1.5) }
+    Row { scenario: "restart_latency".into(), ensemble: ens, baseline: base, target: None }
 }
 
 /// A segment of `bytes` handed over by a worker, from the parent's request to its readable
 /// view, against the same bytes sent through ipc-channel's `IpcBytesSender`.
-fn handover(
-    rt: &actix_rt::SystemRunner,
-    reps: usize,
-    bytes: usize,
-    scenario: &str,
-    target: Option<f64>,
-) -> Row {
+fn handover(rt: &actix_rt::SystemRunner, reps: usize, bytes: usize, scenario: &str) -> Row {
     let vault =
         rt.block_on(ensemble::spawn_with(Vault { ready: Vec::new() }, SpawnOptions::new().cpu(1))).unwrap();
     let raw = Raw::start(1);
@@ -390,7 +384,7 @@ fn handover(
     );
     rt.block_on(vault.stop()).unwrap();
     raw.stop();
-    Row { scenario: scenario.into(), ensemble: ens, baseline: base, target }
+    Row { scenario: scenario.into(), ensemble: ens, baseline: base, target: None }
 }
 
 /// A 4 KiB hand-over against a plain tiny call, both to a worker on CPU 1.
@@ -424,7 +418,7 @@ fn handover_small(rt: &actix_rt::SystemRunner, plan: &Plan) -> Row {
     );
     rt.block_on(vault.stop()).unwrap();
     rt.block_on(echo.stop()).unwrap();
-    Row { scenario: "handover_small".into(), ensemble: ens, baseline: base, target: Some(3.0) }
+    Row { scenario: "handover_small".into(), ensemble: ens, baseline: base, target: None }
 }
 
 /// 100,000 trivial tasks over 2 workers: the farm against two threads each running a
@@ -461,7 +455,7 @@ fn farm_tiny_tasks(rt: &actix_rt::SystemRunner, reps: usize) -> Row {
     for raw in raws {
         raw.into_inner().unwrap().stop();
     }
-    Row { scenario: "farm_tiny_tasks".into(), ensemble: ens, baseline: base, target: Some(1.0) }
+    Row { scenario: "farm_tiny_tasks".into(), ensemble: ens, baseline: base, target: None }
 }
 
 /// The Python side of `weather_hours`, when python3 with numpy is there.
@@ -593,12 +587,15 @@ fn main() {
     }
     let big_reps = if quick { 3 } else { 7 };
     if wanted("handover_64MiB") {
-        rows.push(handover(&rt, big_reps, 64 << 20, "handover_64MiB", Some(0.05)));
+        rows.push(handover(&rt, big_reps, 64 << 20, "handover_64MiB"));
     }
     if wanted("handover_1GiB") {
-        rows.push(handover(&rt, big_reps, 1 << 30, "handover_1GiB", Some(0.005)));
+        rows.push(handover(&rt, big_reps, 1 << 30, "handover_1GiB"));
     }
     rows.extend(farm_rows);
+    for row in &mut rows {
+        row.target = target(&row.scenario);
+    }
     print_table(&rows);
     let median_of = |name: &str| rows.iter().find(|r| r.scenario == name).map(|r| r.ensemble.median);
     if let (Some(small), Some(big)) = (median_of("handover_64MiB"), median_of("handover_1GiB")) {

@@ -227,7 +227,7 @@ pub fn roundtrip(
             scenario: format!("fast_lane_roundtrip.{placement}{info}"),
             ensemble: lane,
             baseline: floor,
-            target: split.then_some(10.0),
+            target: None,
         },
         Row {
             scenario: format!("fast_lane_vs_socket_call.{placement} (info)"),
@@ -297,6 +297,6 @@ pub fn idle_cpu(reps: usize, secs: u64) -> Row {
         scenario: "fast_lane_idle_cpu (ns/s)".into(),
         ensemble: stats(lane),
         baseline: stats(plain),
-        target: Some(1.5),
+        target: None,
     }
 }
