@@ -3,7 +3,8 @@
 //!
 //! What runs, concurrently and in a random mix chosen by a seeded PRNG:
 //! - **calls** to three workers under a `one_for_one` supervisor (`Restart::Permanent`, called
-//!   through `Supervised` handles). Each call carries an operation id and a value; the worker
+//!   through `Supervised` handles; the second worker, and the farm's, talk through a fast
+//!   lane). Each call carries an operation id and a value; the worker
 //!   appends `(id, value)` to a journal file of its slot (one `write`, which SIGKILL cannot cut
 //!   in two) before it replies with a function of both. After the run the journals are read:
 //!   an `Ok` whose record is missing or wrong, or whose reply is wrong, is *lost*; an id
@@ -889,8 +890,14 @@ async fn main() -> anyhow::Result<()> {
     let workers: Vec<Supervised<Worker>> = (0..3)
         .map(|i| {
             let journal = journal_dir.join(format!("w{i}"));
+            // Every other worker talks through a fast lane: the same kills, the same checks.
+            let options = match i % 2 {
+                1 => SpawnOptions::new().fast_lane(),
+                _ => SpawnOptions::new(),
+            };
             supervisor.add(
                 ChildSpec::new(format!("soak-w{i}"), move || Worker { journal: Some(journal.clone()) })
+                    .options(options)
                     .restart(Restart::Permanent)
                     .shutdown_timeout(Duration::from_secs(5)),
             )
@@ -902,6 +909,7 @@ async fn main() -> anyhow::Result<()> {
         batch: BatchSize::Auto,
         progress: false,
         name: "soak-farm".into(),
+        fast_lane: true,
         ..FarmConfig::default()
     };
     let farm = Farm::start(farm_config, |_| Worker { journal: None }).await?;
