@@ -118,7 +118,9 @@ pub struct FarmConfig {
     /// Spawn the workers with a fast lane ([`SpawnOptions::fast_lane`]): batches and their
     /// results travel through shared memory while the farm is busy. Pays for tiny tasks where
     /// the per-batch round trip shows (small batches for latency, e.g. a service that maps a
-    /// few tasks per request); a long map with large batches gains nothing. Default: false.
+    /// few tasks per request); a long map with large batches gains nothing, and with as many
+    /// workers as CPUs it loses: the farm's caller spins for results on a CPU a worker needs.
+    /// Default: false.
     ///
     /// [`SpawnOptions::fast_lane`]: crate::SpawnOptions::fast_lane
     pub fast_lane: bool,
