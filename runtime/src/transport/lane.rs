@@ -17,11 +17,14 @@
 //!    after which its own frames follow the lane's order;
 //! 3. the parent reads the socket until that answer, then the ring.
 //!
-//! Waiting: the reader spins only while it pays: never when the two sides share the
-//! only CPU either may run on, only after it found a frame recently or while the parent waits
-//! for a reply, and for a budget that adapts to how long the waits that ended in sleep really
-//! were. Then it sleeps on the ring's doorbell, which the writer rings only when it saw "I
-//! sleep" (see [`crate::ring`]). An idle lane costs no CPU beyond the ring's safety timeouts.
+//! Waiting: a reader spins only while it pays: never when the two sides share the only CPU
+//! either may run on, and only where a frame is likely soon ([`SpinFor`]): in the parent, a
+//! caller awaiting its reply reads the lane itself for up to 50 µs (see
+//! `connection::PendingCall`); in the child, the reader spins for the next call once the
+//! handlers have run, for a budget that halves after a spin that found nothing and returns to
+//! full when a frame came soon after the reader slept. Then it sleeps on the ring's doorbell,
+//! which the writer rings only when it saw "I sleep" (see [`crate::ring`]). An idle lane costs
+//! no CPU beyond the ring's safety timeouts (2 s).
 //!
 //! What a peer writes into the ring is input like any other: a slot length past the slot, an
 //! index out of range or a frame that does not decode is a protocol error, never a crash.
