@@ -104,15 +104,70 @@ async fn start<A: ProcessActor>(mut state: A, shared: Arc<ContextShared>) -> boo
     if shared.outbox.send(&ToParent::Ready, &(), Admission::Control).is_err() {
         return false;
     }
-    let addr = Backend {
-        state: Rc::new(RefCell::new(state)),
-        ctx,
-        backlog: VecDeque::new(),
-        busy: false,
-        stopping: false,
+    let state = Rc::new(RefCell::new(state));
+    let direct = Direct { state: Rc::clone(&state), ctx: ctx.clone() };
+    let addr = Backend { state, ctx, backlog: VecDeque::new(), busy: false, stopping: false }.start();
+    actix_rt::spawn(read_parent(driver, shared, addr, direct));
+    true
+}
+
+/// What the reader needs to run a synchronous handler itself: with a fast lane, a call that
+/// finds the backend idle is handled on the reader's task, without the hop through the actor's
+/// mailbox (same thread, same order: the backend has nothing pending then).
+struct Direct<A: ProcessActor> {
+    state: Rc<RefCell<A>>,
+    ctx: ProcessContext<A>,
+}
+
+impl<A: ProcessActor> Direct<A> {
+    /// Runs `frame` now if it is a call or cast to a synchronous handler (and nothing asked
+    /// the actor to stop); gives it back otherwise, for the backend. Returns whether the actor
+    /// must stop now (it asked to, or the parent is gone).
+    fn handle(&mut self, frame: Frame) -> Result<bool, Frame> {
+        if self.ctx.shared().stop.load(Ordering::SeqCst) {
+            return Err(frame);
+        }
+        let Ok((header, body)) = wire::decode::<ToChild>(&frame.bytes) else { return Err(frame) };
+        let (id, tag) = match header {
+            ToChild::Call { id, tag } => (Some(id), tag),
+            ToChild::Cast { tag } => (None, tag),
+            _ => return Err(frame),
+        };
+        let Some(Dispatch::Sync(entry)) = A::HANDLERS.get(tag as usize) else { return Err(frame) };
+        let Ok(mut state) = self.state.try_borrow_mut() else { return Err(frame) };
+        let at = frame.bytes.len() - body.len();
+        let Frame { bytes, fds, .. } = frame;
+        let delivery = Delivery { id, transfer: wire::transfer_of(&bytes) };
+        let outcome = logs::in_call(id, || entry(&mut state, &bytes[at..], fds, &mut self.ctx, delivery));
+        drop(state);
+        let sent = send_outcome(self.ctx.shared(), id, outcome);
+        Ok(!sent || self.ctx.shared().stop.load(Ordering::SeqCst))
     }
-    .start();
-    actix_rt::spawn(read_parent(driver, shared, addr));
+}
+
+/// Sends what a handler produced: its reply, a failure's reply, or (a cast's failure) a log
+/// line. False when the parent is gone.
+fn send_outcome(shared: &ContextShared, id: Option<u64>, outcome: Outcome) -> bool {
+    let encoded = match (outcome, id) {
+        (Ok(Some(encoded)), _) => Some(encoded),
+        (Ok(None), _) => None,
+        (Err(failure), Some(id)) => {
+            let frame = shared.outbox.link().frame_buf();
+            wire::encode_into(frame, &ToParent::Reply { id, ok: false }, &failure).ok()
+        }
+        (Err(failure), None) => {
+            tracing::error!("a message sent with do_send failed: {}", with_backtrace(&failure));
+            None
+        }
+    };
+    if let Some(encoded) = encoded {
+        // The handler's log lines go first: the parent has them before the reply.
+        flush_logs(shared);
+        if let Err(e) = shared.outbox.send_encoded(encoded, Admission::Control) {
+            tracing::debug!("cannot reply, the parent is gone: {e}");
+            return false;
+        }
+    }
     true
 }
 
@@ -122,6 +177,7 @@ async fn read_parent<A: ProcessActor>(
     mut driver: LinkDriver,
     shared: Arc<ContextShared>,
     addr: Addr<Backend<A>>,
+    mut direct: Direct<A>,
 ) {
     // After a frame is handed over alone, the next poll takes whatever else has arrived as one
     // batch: the first frame of a burst is handled at once, the rest with one wake-up.
@@ -132,6 +188,7 @@ async fn read_parent<A: ProcessActor>(
             return Poll::Ready(Err(ReadError::Local(std::io::Error::other(e))));
         }
         let mut batch = Vec::new();
+        let mut direct_run = 0;
         // With a fast lane, spin for the next frame only once the backend is done with the
         // frames it has (it runs on this thread); it wakes this task when it is.
         let lane = driver.link().has_lane();
@@ -160,6 +217,29 @@ async fn read_parent<A: ProcessActor>(
             };
             match driver.poll_frame_spinning(cx, spin) {
                 Poll::Ready(Ok(frame)) if acknowledged(&shared, &frame) => {}
+                // The backend is idle: a synchronous handler runs here, now.
+                Poll::Ready(Ok(frame))
+                    if lane && batch.is_empty() && shared.handled.load(Ordering::Relaxed) == handed =>
+                {
+                    match direct.handle(frame) {
+                        // Let the other tasks of this thread run now and then.
+                        Ok(false) if direct_run == MAX_BATCH => {
+                            cx.waker().wake_by_ref();
+                            break Poll::Pending;
+                        }
+                        Ok(false) => direct_run += 1,
+                        Ok(true) => {
+                            addr.do_send(StopAsked);
+                            cx.waker().wake_by_ref();
+                            break Poll::Pending;
+                        }
+                        Err(frame) => {
+                            batch.push(frame);
+                            cx.waker().wake_by_ref();
+                            break Poll::Pending;
+                        }
+                    }
+                }
                 Poll::Ready(Ok(frame)) => {
                     batch.push(frame);
                     if !batch_next {
@@ -272,6 +352,21 @@ struct ParentGone;
 
 impl actix::Message for ParentGone {
     type Result = ();
+}
+
+/// A handler the reader ran asked the actor to stop (or its reply found the parent gone).
+struct StopAsked;
+
+impl actix::Message for StopAsked {
+    type Result = ();
+}
+
+impl<A: ProcessActor> Handler<StopAsked> for Backend<A> {
+    type Result = ();
+
+    fn handle(&mut self, _: StopAsked, ctx: &mut Self::Context) {
+        self.stop(ctx);
+    }
 }
 
 impl<A: ProcessActor> Handler<Incoming> for Backend<A> {
@@ -401,27 +496,7 @@ impl<A: ProcessActor> Backend<A> {
     }
 
     fn finish(&mut self, id: Option<u64>, outcome: Outcome, ctx: &mut actix::Context<Self>) {
-        let encoded = match (outcome, id) {
-            (Ok(Some(encoded)), _) => Some(encoded),
-            (Ok(None), _) => None,
-            (Err(failure), Some(id)) => {
-                let frame = self.ctx_shared().outbox.link().frame_buf();
-                wire::encode_into(frame, &ToParent::Reply { id, ok: false }, &failure).ok()
-            }
-            (Err(failure), None) => {
-                tracing::error!("a message sent with do_send failed: {}", with_backtrace(&failure));
-                None
-            }
-        };
-        if let Some(encoded) = encoded {
-            // The handler's log lines go first: the parent has them before the reply.
-            flush_logs(self.ctx_shared());
-            if let Err(e) = self.ctx_shared().outbox.send_encoded(encoded, Admission::Control) {
-                tracing::debug!("cannot reply, the parent is gone: {e}");
-                self.stop(ctx);
-            }
-        }
-        if self.ctx_shared().stop.load(Ordering::SeqCst) {
+        if !send_outcome(self.ctx_shared(), id, outcome) || self.ctx_shared().stop.load(Ordering::SeqCst) {
             self.stop(ctx);
         }
     }
