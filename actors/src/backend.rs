@@ -105,7 +105,7 @@ async fn start<A: ProcessActor>(mut state: A, shared: Arc<ContextShared>) -> boo
         return false;
     }
     let state = Rc::new(RefCell::new(state));
-    let direct = Direct { state: Rc::clone(&state), ctx: ctx.clone() };
+    let direct = Direct { state: Rc::downgrade(&state), ctx: ctx.clone() };
     let addr = Backend { state, ctx, backlog: VecDeque::new(), busy: false, stopping: false }.start();
     actix_rt::spawn(read_parent(driver, shared, addr, direct));
     true
@@ -115,7 +115,8 @@ async fn start<A: ProcessActor>(mut state: A, shared: Arc<ContextShared>) -> boo
 /// finds the backend idle is handled on the reader's task, without the hop through the actor's
 /// mailbox (same thread, same order: the backend has nothing pending then).
 struct Direct<A: ProcessActor> {
-    state: Rc<RefCell<A>>,
+    /// The backend owns the state; it goes with the backend.
+    state: std::rc::Weak<RefCell<A>>,
     ctx: ProcessContext<A>,
 }
 
@@ -134,7 +135,8 @@ impl<A: ProcessActor> Direct<A> {
             _ => return Err(frame),
         };
         let Some(Dispatch::Sync(entry)) = A::HANDLERS.get(tag as usize) else { return Err(frame) };
-        let Ok(mut state) = self.state.try_borrow_mut() else { return Err(frame) };
+        let Some(state) = self.state.upgrade() else { return Err(frame) };
+        let Ok(mut state) = state.try_borrow_mut() else { return Err(frame) };
         let at = frame.bytes.len() - body.len();
         let Frame { bytes, fds, .. } = frame;
         let delivery = Delivery { id, transfer: wire::transfer_of(&bytes) };
@@ -192,7 +194,10 @@ async fn read_parent<A: ProcessActor>(
         // With a fast lane, spin for the next frame only once the backend is done with the
         // frames it has (it runs on this thread); it wakes this task when it is.
         let lane = driver.link().has_lane();
-        let spin = if !lane {
+        // A stopping actor handles nothing more: the reader reads on (acknowledgements, the
+        // parent's end) on the doorbell, and never waits for the backend, which may be gone.
+        let stopping = shared.stop.load(Ordering::SeqCst);
+        let spin = if !lane || stopping {
             SpinFor::Nothing
         } else if shared.handled.load(Ordering::Relaxed) == handed {
             SpinFor::NextFrame
@@ -209,7 +214,7 @@ async fn read_parent<A: ProcessActor>(
             // doorbell either (the backend wakes this task once it has handled the batch).
             let spin = if batch.is_empty() {
                 spin
-            } else if lane && !shared.handler_waits.load(Ordering::Relaxed) {
+            } else if lane && !stopping && !shared.handler_waits.load(Ordering::Relaxed) {
                 *shared.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
                 SpinFor::Later
             } else {
@@ -223,11 +228,13 @@ async fn read_parent<A: ProcessActor>(
                 {
                     match direct.handle(frame) {
                         // Let the other tasks of this thread run now and then.
-                        Ok(false) if direct_run == MAX_BATCH => {
-                            cx.waker().wake_by_ref();
-                            break Poll::Pending;
+                        Ok(false) => {
+                            direct_run += 1;
+                            if direct_run == MAX_BATCH {
+                                cx.waker().wake_by_ref();
+                                break Poll::Pending;
+                            }
                         }
-                        Ok(false) => direct_run += 1,
                         Ok(true) => {
                             addr.do_send(StopAsked);
                             cx.waker().wake_by_ref();
@@ -430,6 +437,8 @@ impl<A: ProcessActor> Backend<A> {
 
     fn stop(&mut self, ctx: &mut actix::Context<Self>) {
         self.stopping = true;
+        // Seen by the reader too: it runs no handler of its own from now on.
+        self.ctx_shared().stop.store(true, Ordering::SeqCst);
         self.drop_backlog();
         ctx.stop();
     }
