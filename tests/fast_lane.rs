@@ -88,8 +88,10 @@ impl ProcessHandler<Sum> for Lane {
     }
 }
 
+/// Says it has started (an event), then sleeps.
 impl ProcessHandler<Nap> for Lane {
-    fn handle(&mut self, Nap(ms): Nap, _: &mut ProcessContext<Self>) {
+    fn handle(&mut self, Nap(ms): Nap, ctx: &mut ProcessContext<Self>) {
+        ctx.send_out(Heard(u32::MAX)).unwrap();
         std::thread::sleep(Duration::from_millis(ms));
     }
 }
@@ -206,12 +208,11 @@ async fn a_panic_fails_its_call_and_the_next_call_works() {
 #[actix_rt::test]
 async fn a_child_killed_mid_call_fails_the_call_at_once() {
     let remote = lane().await;
+    let mut events = remote.events().unwrap();
     let call = remote.send(Nap(30_000));
-    let killer = remote.clone();
-    actix_rt::spawn(async move {
-        actix_rt::time::sleep(Duration::from_millis(100)).await;
-        killer.kill();
-    });
+    // Killed once the handler runs: the call was delivered.
+    assert_eq!(within(10, events.next()).await.unwrap().unwrap(), Heard(u32::MAX));
+    assert!(remote.kill());
     let started = Instant::now();
     let error = within(10, call).await.unwrap_err();
     assert!(matches!(error, CallError::Exited(_)), "{error}");

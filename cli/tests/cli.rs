@@ -9,10 +9,13 @@
 
 use ensemble::prelude::*;
 use ensemble::supervisor::Background;
+use harness::{eventually, Helper};
 use serde_json::Value;
-use std::io::BufRead;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+#[path = "../../tests/common/harness.rs"]
+mod harness;
 
 #[derive(Serialize, Deserialize, ProcessActor)]
 #[actor(handles(Ping))]
@@ -69,40 +72,18 @@ fn find(processes: &[Value], pid: u64) -> Option<&Value> {
     processes.iter().find(|p| p["pid"] == pid)
 }
 
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within 15 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn ps_stop_and_kill_a_running_program() {
-    let mut program = Command::new(std::env::current_exe().unwrap())
-        .args(["program_helper", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(HELPER_ENV, "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = std::io::BufReader::new(program.stdout.take().unwrap());
-    let root = stdout
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line[line.find("READY ")? + 6..].parse::<u64>().ok());
-    let root = root.expect("the program started");
-    let result = std::panic::catch_unwind(|| check(root));
-    let _ = program.kill();
-    let _ = program.wait();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    // Killed and reaped when dropped, also when a check below fails.
+    let mut program = Helper::start("program_helper", HELPER_ENV, "1");
+    let root: u64 = program.line_after("READY ", 30).trim().parse().expect("the program's pid");
+    check(root);
 }
 
 fn check(root: u64) {
     // ps: the root and both children, each child under the root, with its actor type.
     let mut processes = Vec::new();
-    eventually("the program and its children answer", || {
+    eventually(15, "the program and its children answer", || {
         processes = ps();
         find(&processes, root).is_some_and(|r| {
             let kids = r["children"].as_array().unwrap();
@@ -148,12 +129,16 @@ fn check(root: u64) {
         line(one).starts_with("  ") && line(one).contains("cli-holder-1") && line(one).contains("Holder"),
         "{table}"
     );
-    assert!(table.contains(&format!("also in {one}, {two}")) || table.contains("also in"), "{table}");
+    // The root's segment is also in both children (listed in the order the table met them).
+    assert!(
+        table.contains(&format!("also in {one}, {two}")) || table.contains(&format!("also in {two}, {one}")),
+        "{table}"
+    );
 
     // stop by name: in order, and the supervisor does not restart it.
     let (ok, text) = ensemble(&["stop", "cli-holder-2"]);
     assert!(ok && text.contains("will not restart") && text.contains("has exited"), "{text}");
-    eventually("cli-holder-2 is no longer listed", || {
+    eventually(15, "cli-holder-2 is no longer listed", || {
         let processes = ps();
         find(&processes, two).is_none()
             && find(&processes, root).is_some_and(|r| r["children"].as_array().unwrap().len() == 1)
@@ -162,7 +147,7 @@ fn check(root: u64) {
     // kill the root: nothing of the program is listed any more.
     let (ok, text) = ensemble(&["kill", &root.to_string()]);
     assert!(ok, "{text}");
-    eventually("nothing of the program is listed", || {
+    eventually(15, "nothing of the program is listed", || {
         let processes = ps();
         [root, one, two].iter().all(|&pid| find(&processes, pid).is_none())
     });

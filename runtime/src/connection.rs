@@ -626,7 +626,11 @@ fn poll_connection(
         return Poll::Ready(End::Read(ReadError::Protocol(e)));
     }
     let expecting = driver.link().has_lane() && {
-        *core.reading.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        let mut stored = core.reading.driver.lock().unwrap_or_else(|e| e.into_inner());
+        if !stored.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+            *stored = Some(cx.waker().clone());
+        }
+        drop(stored);
         !core.lock().pending.is_empty()
     };
     let spin = if expecting { crate::transport::SpinFor::Reply } else { crate::transport::SpinFor::Nothing };

@@ -22,6 +22,15 @@ pub async fn wait_until(secs: u64, what: &str, mut condition: impl FnMut() -> bo
     }
 }
 
+/// As [`wait_until`], for a test without a runtime: blocks the thread between looks.
+pub fn eventually(secs: u64, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// An ignored test of this test binary run in a process of its own (a helper test returns at
 /// once unless its environment variable is set): for what needs a separate root process (a
 /// signal to the root, a root killed mid-operation, CPU time measured without other tests).

@@ -307,6 +307,9 @@ pub struct Link {
     lane_on: AtomicBool,
     /// Whether this end may take a lane offer (a child's end; a parent only offers).
     takes_offers: AtomicBool,
+    /// The receive buffer of [`Link::recv_now`], made on first use and kept: a caller that
+    /// reads its own reply calls it in a loop.
+    scratch: Mutex<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -333,6 +336,7 @@ impl Link {
             rx: Mutex::new(None),
             lane_on: AtomicBool::new(false),
             takes_offers: AtomicBool::new(false),
+            scratch: Mutex::new(Vec::new()),
         }
     }
 
@@ -612,7 +616,6 @@ impl Link {
     /// # Errors
     /// As [`LinkDriver::poll_frame`].
     pub fn recv_now(&self) -> Result<Option<Frame>, ReadError> {
-        let mut buf = Vec::new();
         loop {
             let mut rx = self.lock_rx();
             if let Some(lane) = rx.as_mut().filter(|lane| lane.reads_ring()) {
@@ -623,8 +626,9 @@ impl Link {
                 }
             }
             drop(rx);
+            let mut buf = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
             if buf.is_empty() {
-                buf = vec![0u8; RECEIVE_BUFFER];
+                buf.resize(RECEIVE_BUFFER, 0);
             }
             match socket::recv_datagram(self.socket.as_fd(), &mut buf) {
                 Ok(received) => match self.frame_from(&buf, received)? {
