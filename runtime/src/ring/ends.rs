@@ -772,17 +772,9 @@ impl Consumer {
         self.end.core.committed().looks_non_empty() || self.end.peer_closed()
     }
 
-    /// This side is awake and looking: the producer need not ring. (A task woken by anything
-    /// else than the doorbell still has the flag it set before it slept.) Set again, with the
-    /// re-check, before it sleeps next.
-    pub(crate) fn awake(&self) {
-        let sleeping = self.end.sleeping();
-        if sleeping.load(Ordering::Relaxed) != 0 {
-            sleeping.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Clears the "I sleep" flag for a reader that looks on the end's behalf; whether it was set.
+    /// Clears the "I sleep" flag: this side is awake and looking, so the producer need not ring
+    /// (a task woken by anything but the doorbell still has the flag it set before it slept;
+    /// the next sleep sets it again, with the re-check). Says whether it was set.
     pub(crate) fn wake_up(&self) -> bool {
         let sleeping = self.end.sleeping();
         sleeping.load(Ordering::Relaxed) != 0 && sleeping.swap(0, Ordering::SeqCst) != 0

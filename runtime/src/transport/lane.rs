@@ -268,7 +268,7 @@ impl LaneRx {
     /// The next item, spinning first when `spin` asks for it and that pays, then
     /// sleeping on the ring's doorbell.
     pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>, spin: SpinFor) -> Poll<Result<Item, ReadError>> {
-        self.consumer.awake();
+        self.consumer.wake_up();
         let mut looks = 0;
         loop {
             match self.consumer.take_now() {
