@@ -525,6 +525,9 @@ fn main() {
     if wanted("weather_hours_vs_threads") {
         farm_rows.push(weather_hours_vs_threads(&rt, if quick { 5 } else { 15 }));
     }
+    if wanted("weather_hours_full_cold") {
+        farm_rows.extend(weather_hours_full_cold(&rt, if quick { 3 } else { 7 }));
+    }
     if wanted("weather_hours") {
         farm_rows.extend(weather_hours(&rt, if quick { 3 } else { 9 }));
     }

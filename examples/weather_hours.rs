@@ -83,9 +83,17 @@ fn on_threads(data: &[f64], workers: usize) -> Vec<Summary> {
     })
 }
 
-fn median(mut times: Vec<std::time::Duration>) -> std::time::Duration {
-    times.sort();
-    times[times.len() / 2]
+/// One turn of the warm comparison.
+struct Turn {
+    map: std::time::Duration,
+    single: std::time::Duration,
+    threads: std::time::Duration,
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn argument(name: &str) -> Option<usize> {
@@ -127,27 +135,33 @@ async fn main() -> anyhow::Result<()> {
     let summaries = farm.map((0..HOURS).map(Hour)).await?;
     let first_map = t.elapsed();
 
-    // As a long-running service sees each job: workers up, input already mapped and touched.
-    // Each warm map is short (tens of ms): take the median of a few, farm and threads in turn.
-    let reps = if quick { 3 } else { 7 };
-    let mut maps = Vec::new();
-    let mut singles = Vec::new();
-    let mut threadeds = Vec::new();
+    // As a long-running service sees each job: workers up, input already mapped and touched,
+    // batch sizes learned (one more map settles them). Each warm map is short (~10 ms) and this
+    // machine's neighbours are noisy: farm, one thread and threads run in turn, and the ratios
+    // are medians of each turn's own ratio.
+    farm.map((0..HOURS).map(Hour)).await?;
+    let reps = if quick { 3 } else { 15 };
+    let mut turns = Vec::new();
     for _ in 0..reps {
         let t = Instant::now();
         let again = farm.map((0..HOURS).map(Hour)).await?;
-        maps.push(t.elapsed());
+        let map = t.elapsed();
         anyhow::ensure!(again == summaries, "two runs disagree");
         let t = Instant::now();
         let local: Vec<Summary> = (0..HOURS).map(|hour| summarise(&data, hour)).collect();
-        singles.push(t.elapsed());
+        let single = t.elapsed();
         anyhow::ensure!(local == summaries, "the farm and the single process disagree");
         let t = Instant::now();
         let threaded = on_threads(&data, workers);
-        threadeds.push(t.elapsed());
+        let threads = t.elapsed();
         anyhow::ensure!(threaded == summaries, "the farm and the threads disagree");
+        turns.push(Turn { map, single, threads });
     }
-    let (map, single, threads) = (median(maps), median(singles), median(threadeds));
+    let map = median(turns.iter().map(|t| t.map.as_secs_f64()));
+    let single = median(turns.iter().map(|t| t.single.as_secs_f64()));
+    let threads = median(turns.iter().map(|t| t.threads.as_secs_f64()));
+    let speed_up = median(turns.iter().map(|t| t.single.as_secs_f64() / t.map.as_secs_f64()));
+    let to_threads = median(turns.iter().map(|t| t.map.as_secs_f64() / t.threads.as_secs_f64()));
 
     let t = Instant::now();
     farm.shutdown().await?;
@@ -159,17 +173,15 @@ async fn main() -> anyhow::Result<()> {
     println!("first map   {:>9.1} ms", ms(first_map));
     println!("stop farm   {:>9.1} ms", ms(stop));
     println!("the map, warm (median of {reps}):");
-    println!("  one thread    {:>9.1} ms", ms(single));
+    println!("  one thread    {:>9.1} ms", single * 1e3);
     println!(
         "  {workers} threads     {:>9.1} ms   (the machine's limit: one process, shared memory bandwidth)",
-        ms(threads)
+        threads * 1e3
     );
     println!(
-        "  farm          {:>9.1} ms   {:.0} tasks/s; speed-up over one thread {:.2}x, {:.2}x the threads' time",
-        ms(map),
-        HOURS as f64 / map.as_secs_f64(),
-        single.as_secs_f64() / map.as_secs_f64(),
-        map.as_secs_f64() / threads.as_secs_f64()
+        "  farm          {:>9.1} ms   {:.0} tasks/s; speed-up over one thread {speed_up:.2}x, {to_threads:.2}x the threads' time",
+        map * 1e3,
+        HOURS as f64 / map,
     );
     println!(
         "hour 0: mean row sum {:.3}, max {:.1}; results identical to the single-process run",

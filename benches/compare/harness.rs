@@ -19,6 +19,7 @@ pub(crate) const TARGETS: &[(&str, f64)] = &[
     ("weather_hours", 0.1),
     ("weather_hours_cold", 1.0),
     ("weather_hours_vs_threads", 1.15),
+    ("weather_hours_full_cold", 1.0),
     ("ring_1MiB_frames", 2.0),
     ("ring_small_msgs", 0.1),
     ("ring_wakeup", 1.5),

@@ -49,31 +49,29 @@ pub(crate) fn weather_input(rows: usize) -> SharedSlice<f64> {
     data.freeze().unwrap()
 }
 
-pub(crate) fn python_weather(rows: usize, reps: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+/// Runs `benches/python/weather_hours.py` with `args` and reads the sample lists named `keys`
+/// from its JSON line; `None` (and a line saying why) when python3 or numpy is missing.
+fn python_weather(args: &[String], keys: &[&str]) -> Option<Vec<Vec<f64>>> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python/weather_hours.py");
-    let output = Command::new("python3")
-        .arg(script)
-        .args([rows.to_string(), "2".into(), reps.to_string()])
-        .env_remove(ROLE)
-        .output()
-        .ok()?;
+    let output = Command::new("python3").arg(script).args(args).env_remove(ROLE).output().ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let numbers = |key: &str| -> Option<Vec<f64>> {
-        let at = text.find(&format!("\"{key}\": ["))? + key.len() + 5;
-        let list = &text[at..at + text[at..].find(']')?];
-        list.split(',').map(|n| n.trim().parse().ok()).collect()
-    };
-    if text.contains("skipped") || !output.status.success() {
-        println!("weather_hours: Python side skipped ({})", text.trim().trim_matches(['{', '}']));
+    let json: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
+    if !output.status.success() || json.get("skipped").is_some() || json.is_null() {
+        println!("weather_hours: Python side skipped ({})", text.trim());
         return None;
     }
-    Some((numbers("map_ns")?, numbers("cold_ns")?))
+    let numbers = |key: &str| -> Option<Vec<f64>> {
+        json.get(key)?.as_array()?.iter().map(serde_json::Value::as_f64).collect()
+    };
+    keys.iter().map(|key| numbers(key)).collect()
 }
 
 /// Seed 003 at 1e6 x 16: the warm map phase, and the whole job cold, against Python.
 pub(crate) fn weather_hours(rt: &actix_rt::SystemRunner, reps: usize) -> Vec<Row> {
     const ROWS: usize = 1_000_000;
-    let Some((python_map, python_cold)) = python_weather(ROWS, reps) else { return Vec::new() };
+    let args = [ROWS.to_string(), "2".into(), reps.to_string()];
+    let Some(samples) = python_weather(&args, &["map_ns", "cold_ns"]) else { return Vec::new() };
+    let [python_map, python_cold]: [Vec<f64>; 2] = samples.try_into().expect("two lists");
     let config = || FarmConfig { workers: 2, progress: false, ..FarmConfig::default() };
     let input = weather_input(ROWS);
     let shared = input.clone();
@@ -152,4 +150,32 @@ pub(crate) fn weather_hours_vs_threads(rt: &actix_rt::SystemRunner, reps: usize)
     );
     rt.block_on(farm.shutdown()).unwrap();
     Row { scenario: "weather_hours_vs_threads".into(), ensemble: ens, baseline: base, target: None }
+}
+
+/// Seed 003 at its original size, the whole job once more but with the input already in memory:
+/// farm start + first map + shutdown, against Python's `Pool` over a fork-inherited numpy array
+/// (start + map + teardown). The cost here is in page tables: each worker maps 1.28 GB it has
+/// never touched, and tears those mappings down when it exits.
+pub(crate) fn weather_hours_full_cold(rt: &actix_rt::SystemRunner, reps: usize) -> Option<Row> {
+    const ROWS: usize = 10_000_000;
+    let args = [ROWS.to_string(), "2".into(), reps.to_string(), "full-cold".into()];
+    let [python]: [Vec<f64>; 1] = python_weather(&args, &["full_cold_ns"])?.try_into().expect("one list");
+    let input = weather_input(ROWS);
+    let samples = (0..reps)
+        .map(|_| {
+            let shared = input.clone();
+            let config = FarmConfig { workers: 2, progress: false, ..FarmConfig::default() };
+            let start = Instant::now();
+            let farm = rt.block_on(Farm::start(config, move |_| Station { data: shared.clone() })).unwrap();
+            assert_eq!(rt.block_on(farm.map((0..HOURS).map(Hour))).unwrap().len(), HOURS);
+            rt.block_on(farm.shutdown()).unwrap();
+            per_op(start, 1)
+        })
+        .collect();
+    Some(Row {
+        scenario: "weather_hours_full_cold".into(),
+        ensemble: stats(samples),
+        baseline: stats(python),
+        target: None,
+    })
 }

@@ -1,11 +1,15 @@
 """The seed 003 workload in Python, for `cargo bench --bench compare`: the baseline of the
-`weather_hours` and `weather_hours_cold` rows.
+`weather_hours`, `weather_hours_cold` and `weather_hours_full_cold` rows.
 
-multiprocessing.Pool(workers) whose initializer attaches a multiprocessing.shared_memory array
-once per worker, default chunksize, numpy. Prints one JSON line:
-{"map_ns": [...], "cold_ns": [...]} (one sample per repetition), or {"skipped": "..."}.
+Default mode: multiprocessing.Pool(workers) whose initializer attaches a
+multiprocessing.shared_memory array once per worker, default chunksize, numpy. Prints one JSON
+line: {"map_ns": [...], "cold_ns": [...]} (one sample per repetition), or {"skipped": "..."}.
 
-Usage: python3 weather_hours.py ROWS WORKERS REPS
+`full-cold` mode: the input is already in memory as a plain numpy array, a module global that
+fork()ed workers inherit (Python's fastest way to share a read-only array); each sample is
+Pool start + one map + the pool's teardown (terminate and join). Prints {"full_cold_ns": [...]}.
+
+Usage: python3 weather_hours.py ROWS WORKERS REPS [full-cold]
 """
 import json
 import sys
@@ -17,6 +21,7 @@ except ImportError:
     print(json.dumps({"skipped": "numpy is not installed"}))
     sys.exit(0)
 
+import multiprocessing
 from multiprocessing import Pool, shared_memory
 
 HOURS = 8760
@@ -75,8 +80,28 @@ def warm(rows, workers, reps):
     return samples
 
 
+def full_cold(rows, workers, reps):
+    global _data
+    i = np.arange(rows * COLUMNS, dtype=np.int64)
+    _data = (((i * 7919) % 1000) / 10.0 - 20.0).reshape(rows, COLUMNS)
+    del i
+    fork = multiprocessing.get_context("fork")
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter_ns()
+        with fork.Pool(workers) as pool:
+            results = pool.map(summarise, range(HOURS))
+        samples.append(time.perf_counter_ns() - start)
+        assert len(results) == HOURS
+    _data = None
+    return samples
+
+
 if __name__ == "__main__":
     rows, workers, reps = (int(a) for a in sys.argv[1:4])
+    if sys.argv[4:5] == ["full-cold"]:
+        print(json.dumps({"full_cold_ns": full_cold(rows, workers, reps)}))
+        sys.exit(0)
     map_ns = warm(rows, workers, reps)
     cold_ns = [cold(rows, workers) for _ in range(max(1, reps // 3))]
     print(json.dumps({"map_ns": map_ns, "cold_ns": cold_ns}))
