@@ -198,6 +198,11 @@ impl Segment {
         self.len
     }
 
+    /// Maps every page of the segment into this process now (`MADV_POPULATE_READ`).
+    pub(crate) fn populate(&self) -> io::Result<()> {
+        self.map.advise(memmap2::Advice::PopulateRead)
+    }
+
     pub(crate) fn map_ref(&self) -> &MmapRaw {
         &self.map
     }

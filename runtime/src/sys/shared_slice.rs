@@ -174,6 +174,32 @@ impl<T: Pod> SharedSlice<T> {
     pub fn segment_id(&self) -> SegmentId {
         self.segment.id()
     }
+
+    /// Maps every page of the array into this process now, in one call, instead of at first
+    /// read. Received arrays stay lazy unless asked (a hand-over costs the same at any size).
+    ///
+    /// This moves cost rather than saving it: call it where a slow start is better than a slow
+    /// first request, for instance in a service worker's `pre_run` hook. The first pass over the
+    /// array then runs at the speed of a warm one. For a single pass in order, the kernel's own
+    /// read-ahead of page mappings (16 pages per fault) is cheaper overall: at 1.28 GB per
+    /// worker on this project's 2-CPU machine (`weather_hours --rows 10000000 --populate`),
+    /// populating took 230-300 ms in `pre_run` and made the first map 60 ms faster.
+    ///
+    /// # Errors
+    /// The kernel's, from `madvise(MADV_POPULATE_READ)`: `EINVAL` before Linux 5.14, `ENOMEM`
+    /// or `EFAULT` if the memory behind the segment is gone. The array stays usable either way.
+    ///
+    /// # Examples
+    /// ```
+    /// use ensemble_runtime::shm::SharedSliceMut;
+    /// let data = SharedSliceMut::<u64>::new(1 << 20)?.freeze().expect("one owner");
+    /// data.populate()?;
+    /// assert_eq!(data.iter().sum::<u64>(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn populate(&self) -> std::io::Result<()> {
+        self.segment.populate()
+    }
 }
 
 impl<T: Pod> Deref for SharedSlice<T> {
