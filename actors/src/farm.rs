@@ -57,11 +57,16 @@ use crate::supervisor::{
 use ensemble_runtime::transport::ProtocolError;
 use ensemble_runtime::{ExitInfo, Failure};
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use ledger::Ledger;
+use progress::Progress;
+use schedule::{Schedule, Shape};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+mod ledger;
+mod progress;
+mod schedule;
 
 /// Tasks sent to a worker together. The worker's `batches(M)` entry runs each on its own.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -204,7 +209,7 @@ pub struct Farm<A: ProcessActor> {
     /// Seconds per task learned by earlier runs, to size the first batches of the next one.
     per_task: std::sync::Mutex<Option<f64>>,
     /// One per worker, shared by every run (several may go on at once, e.g. in a service).
-    lanes: Vec<Lane>,
+    ledgers: Vec<Ledger>,
 }
 
 impl<A: ProcessActor> std::fmt::Debug for Farm<A> {
@@ -215,62 +220,6 @@ impl<A: ProcessActor> std::fmt::Debug for Farm<A> {
             .finish_non_exhaustive()
     }
 }
-
-/// What every run knows about one worker.
-#[derive(Default)]
-struct Lane {
-    /// Batches sent to it and not answered yet, by all runs.
-    in_flight: AtomicUsize,
-    /// Batches it answered, ever.
-    answered: AtomicU64,
-    /// Held while a ticket is taken and its frame sent.
-    order: std::sync::Mutex<()>,
-}
-
-/// Where a batch stood in its worker's queue when it was sent.
-#[derive(Clone, Copy)]
-struct Ticket {
-    /// Batches in flight ahead of it.
-    ahead: usize,
-    /// The worker's `answered` count then.
-    answered: u64,
-}
-
-impl Lane {
-    fn send(&self) -> Ticket {
-        Ticket {
-            ahead: self.in_flight.fetch_add(1, Ordering::SeqCst),
-            answered: self.answered.load(Ordering::SeqCst),
-        }
-    }
-
-    fn done(&self, answered: bool) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if answered {
-            self.answered.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    /// Whether the batch of `ticket` was at the head of the worker's queue (all batches ahead
-    /// of it were answered), i.e. running when the worker died, rather than queued behind the
-    /// batch that killed it.
-    fn was_running(&self, ticket: Ticket) -> bool {
-        self.answered.load(Ordering::SeqCst) - ticket.answered >= ticket.ahead as u64
-    }
-}
-
-/// How long an automatic batch aims to take in the worker.
-/// Measured on 2 CPUs at 8,760 tasks of ~25 us: 2 ms (about 100 batches per worker) cost
-/// 15-30% against the same map on threads; 8 ms is within a few percent.
-const BATCH_TARGET: Duration = Duration::from_millis(8);
-/// The shortest automatic batch at the end of a run, where batches shrink so that the workers
-/// finish together (the time is the learned one, which counts a batch's wait in the queue).
-/// Measured at 8,760 tasks of ~2.5 us on 2 CPUs (`weather_hours`, medians of 15 maps, 8 runs
-/// each): with no floor the tail's ~60 batches of a few tasks cost 20-25% against threads; a
-/// floor of 1 ms 3-13%, 2 ms 0-10%, 4 ms 6-18%.
-const BATCH_FLOOR: Duration = Duration::from_millis(2);
-/// The largest automatic batch.
-const MAX_BATCH: usize = 4096;
 
 impl<A: ProcessActor> Farm<A> {
     /// Starts `config.workers` workers, worker `i` from `factory(i)` (also when restarted).
@@ -307,12 +256,12 @@ impl<A: ProcessActor> Farm<A> {
             workers: handles,
             config: FarmConfig { workers, ..config },
             per_task: Default::default(),
-            lanes: (0..workers).map(|_| Lane::default()).collect(),
+            ledgers: (0..workers).map(|_| Ledger::default()).collect(),
         })
     }
 
     /// Sends a batch to worker `w` once it is up, and tells, with the answer, whether the batch
-    /// was at the head of the worker's queue (see [`Lane::was_running`]).
+    /// was at the head of the worker's queue (see [`Ledger::was_running`]).
     async fn send<M>(
         &self,
         w: usize,
@@ -322,7 +271,7 @@ impl<A: ProcessActor> Farm<A> {
         M: RemoteMessage,
         A: Batches<M>,
     {
-        let lane = &self.lanes[w];
+        let ledger = &self.ledgers[w];
         let tasks = batch.tasks.len();
         let mut batch = batch;
         let (remote, ticket, call) = loop {
@@ -332,8 +281,8 @@ impl<A: ProcessActor> Farm<A> {
             };
             // The ticket and the frame go out together, so that tickets are in queue order.
             let sent = {
-                let _order = lane.order.lock().unwrap_or_else(|e| e.into_inner());
-                remote.send_or_return(batch).map(|call| (lane.send(), call))
+                let _order = ledger.order.lock().unwrap_or_else(|e| e.into_inner());
+                remote.send_or_return(batch).map(|call| (ledger.send(), call))
             };
             match sent {
                 Ok((ticket, call)) => break (remote, ticket, call),
@@ -355,8 +304,8 @@ impl<A: ProcessActor> Farm<A> {
             }
             other => other,
         };
-        lane.done(result.is_ok());
-        (result, lane.was_running(ticket))
+        ledger.done(result.is_ok());
+        (result, ledger.was_running(ticket))
     }
 
     /// The workers, for messages other than the farm's tasks.
@@ -511,30 +460,12 @@ impl<A: ProcessActor> Drop for Farm<A> {
     }
 }
 
-/// One task out: its input index, the task (kept for a retry), and how often it was lost.
-struct Out<M> {
-    index: usize,
-    task: M,
-    /// Lost while running in a worker that died: counts against `retries`.
-    crashes: u32,
-    /// Lost while queued behind another batch that killed the worker.
-    bystanders: u32,
-}
-
-/// How often a task may be lost as a bystander of other tasks' crashes.
-const MAX_BYSTANDER: u32 = 10;
-
-/// The state of one `for_each` run.
+/// One `for_each` run: its schedule, driven by the answers of the farm's workers.
 struct Run<'f, A: ProcessActor, M, I, F> {
     farm: &'f Farm<A>,
-    inputs: std::iter::Enumerate<I>,
-    retry: VecDeque<Out<M>>,
+    schedule: Schedule<M, I>,
     sink: F,
-    load: Vec<usize>,
-    batch: usize,
-    per_task: Option<f64>,
-    summary: Summary,
-    progress: indicatif::ProgressBar,
+    progress: Progress,
 }
 
 impl<'f, A, M, I, F> Run<'f, A, M, I, F>
@@ -546,193 +477,43 @@ where
 {
     fn new(farm: &'f Farm<A>, inputs: I, sink: F) -> Self {
         let per_task = *farm.per_task.lock().unwrap_or_else(|e| e.into_inner());
-        let batch = match (farm.config.batch, per_task) {
-            (BatchSize::Fixed(n), _) => n.max(1),
-            (BatchSize::Auto, Some(per_task)) => auto_batch(per_task),
-            (BatchSize::Auto, None) => 1,
+        let shape = Shape {
+            workers: farm.workers.len(),
+            in_flight: farm.config.in_flight,
+            batch: farm.config.batch,
+            retries: farm.config.retries,
         };
-        let progress = progress_bar(farm.config.progress, inputs.size_hint());
-        Run {
-            load: vec![0; farm.workers.len()],
-            farm,
-            inputs: inputs.enumerate(),
-            retry: VecDeque::new(),
-            sink,
-            batch,
-            per_task,
-            summary: Summary::default(),
-            progress,
-        }
+        let progress = Progress::new(farm.config.progress, inputs.size_hint());
+        Run { farm, schedule: Schedule::new(shape, inputs, per_task), sink, progress }
     }
 
     async fn go(mut self) -> Summary {
+        let farm = self.farm;
         let mut running = FuturesUnordered::new();
         loop {
-            while !self.summary.stopped {
-                let Some(worker) = self.idle_worker() else { break };
-                let tasks = self.next_batch();
-                if tasks.is_empty() {
-                    break;
-                }
-                self.load[worker] += 1;
+            while let Some((worker, tasks)) = self.schedule.next(|w| farm.ledgers[w].in_flight()) {
                 let batch = Batch { tasks: tasks.iter().map(|t| t.task.clone()).collect() };
-                let farm = self.farm;
                 running.push(async move {
                     let started = Instant::now();
-                    let (result, was_running) = farm.send(worker, batch).await;
-                    (worker, tasks, result, was_running, started.elapsed())
+                    let (answer, was_running) = farm.send(worker, batch).await;
+                    (worker, tasks, answer, was_running, started.elapsed())
                 });
             }
-            let Some((worker, tasks, result, was_running, elapsed)) = running.next().await else { break };
-            self.load[worker] -= 1;
-            self.settle(tasks, result, elapsed, was_running);
-            if self.summary.stopped {
+            let Some((worker, tasks, answer, was_running, elapsed)) = running.next().await else { break };
+            let (progress, sink) = (&self.progress, &mut self.sink);
+            let mut deliver = |index, result| {
+                progress.inc();
+                sink(index, result)
+            };
+            self.schedule.settle(worker, tasks, answer, elapsed, was_running, &mut deliver);
+            if self.schedule.summary().stopped {
                 break;
             }
         }
-        self.progress.finish_and_clear();
-        if self.per_task.is_some() {
-            *self.farm.per_task.lock().unwrap_or_else(|e| e.into_inner()) = self.per_task;
+        self.progress.finish();
+        if let Some(per_task) = self.schedule.per_task() {
+            *farm.per_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(per_task);
         }
-        self.summary
+        self.schedule.summary()
     }
-
-    /// A worker with room for another batch of this run, the least loaded by all runs.
-    fn idle_worker(&self) -> Option<usize> {
-        (0..self.load.len())
-            .filter(|w| self.load[*w] < self.farm.config.in_flight)
-            .min_by_key(|w| (self.farm.lanes[*w].in_flight.load(Ordering::SeqCst), self.load[*w]))
-    }
-
-    /// Retries go alone, so that a task that kills its worker takes nothing else down with it.
-    fn next_batch(&mut self) -> Vec<Out<M>> {
-        if let Some(retry) = self.retry.pop_front() {
-            return vec![retry];
-        }
-        let size = self.batch_size();
-        self.inputs
-            .by_ref()
-            .take(size)
-            .map(|(index, task)| Out { index, task, crashes: 0, bystanders: 0 })
-            .collect()
-    }
-
-    fn batch_size(&self) -> usize {
-        if let BatchSize::Fixed(n) = self.farm.config.batch {
-            return n.max(1);
-        }
-        // Leave a few batches per worker at the end, so that none sits idle while one finishes
-        // (the batches shrink as the inputs run out), but none shorter than `BATCH_FLOOR`.
-        let slots = self.farm.workers.len() * self.farm.config.in_flight * 2;
-        let remaining = self.inputs.size_hint().0;
-        let balanced = if remaining > 0 { remaining.div_ceil(slots) } else { MAX_BATCH };
-        let floor = self.per_task.map_or(1, |per_task| batch_of(BATCH_FLOOR, per_task));
-        self.batch.min(balanced.max(floor)).clamp(1, MAX_BATCH)
-    }
-
-    fn settle(
-        &mut self,
-        tasks: Vec<Out<M>>,
-        result: Result<Vec<Result<M::Result, Failure>>, CallError>,
-        elapsed: Duration,
-        was_running: bool,
-    ) {
-        match result {
-            Ok(results) => {
-                self.learn(tasks.len(), elapsed);
-                for (out, result) in tasks.into_iter().zip(results) {
-                    let result = result.map_err(|failure| task_failure(out.index, failure));
-                    self.deliver(out.index, result);
-                }
-            }
-            Err(CallError::Exited(exit)) => {
-                for mut out in tasks {
-                    // A batch queued behind the one that killed the worker is sent again freely
-                    // (within reason); the one that was running counts against `retries`.
-                    if was_running || out.bystanders >= MAX_BYSTANDER {
-                        out.crashes += 1;
-                    } else {
-                        out.bystanders += 1;
-                    }
-                    if out.crashes <= self.farm.config.retries {
-                        self.retry.push_back(out);
-                    } else {
-                        let attempts = out.crashes + out.bystanders;
-                        let error = TaskError::WorkerDied { index: out.index, exit: exit.clone(), attempts };
-                        self.deliver(out.index, Err(error));
-                    }
-                }
-            }
-            Err(error) => {
-                for out in tasks {
-                    self.deliver(
-                        out.index,
-                        Err(TaskError::Failed { index: out.index, error: error.clone() }),
-                    );
-                }
-            }
-        }
-    }
-
-    /// Grows or shrinks the automatic batch size from a batch's round trip.
-    fn learn(&mut self, tasks: usize, elapsed: Duration) {
-        if self.farm.config.batch != BatchSize::Auto || tasks == 0 {
-            return;
-        }
-        let sample = elapsed.as_secs_f64() / tasks as f64;
-        let per_task = self.per_task.map_or(sample, |avg| 0.7 * avg + 0.3 * sample);
-        self.per_task = Some(per_task);
-        self.batch = auto_batch(per_task).min(self.batch.saturating_mul(4).max(2));
-    }
-
-    fn deliver(&mut self, index: usize, result: Result<M::Result, TaskError>) {
-        self.progress.inc(1);
-        match &result {
-            Ok(_) => self.summary.succeeded += 1,
-            Err(_) => self.summary.failed += 1,
-        }
-        // After `Break`, results of batches still in flight are counted, not handed over: the
-        // sink's first `Break` is its last call.
-        if !self.summary.stopped && (self.sink)(index, result).is_break() {
-            self.summary.stopped = true;
-        }
-    }
-}
-
-/// The batch size that takes about [`BATCH_TARGET`] at `per_task` seconds a task.
-fn auto_batch(per_task: f64) -> usize {
-    batch_of(BATCH_TARGET, per_task)
-}
-
-/// How many tasks of `per_task` seconds fill `time` (at least one, at most [`MAX_BATCH`]).
-fn batch_of(time: Duration, per_task: f64) -> usize {
-    ((time.as_secs_f64() / per_task.max(1e-9)) as usize).clamp(1, MAX_BATCH)
-}
-
-fn task_failure(index: usize, failure: Failure) -> TaskError {
-    match failure {
-        Failure::Panicked { message, backtrace } => TaskError::Panicked { index, message, backtrace },
-        Failure::Decode { what, detail } => {
-            TaskError::Failed { index, error: CallError::Decode { what, detail } }
-        }
-        Failure::Error { message } => TaskError::Failed { index, error: CallError::Failed(message) },
-    }
-}
-
-/// A bar on stderr when it is a terminal (indicatif hides it otherwise), with rate and ETA.
-fn progress_bar(enabled: bool, size_hint: (usize, Option<usize>)) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = match size_hint.1 {
-        Some(len) => indicatif::ProgressBar::new(len as u64),
-        None => indicatif::ProgressBar::no_length(),
-    };
-    let style = indicatif::ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} tasks  {per_sec}  eta {eta}  {elapsed_precise}",
-    );
-    if let Ok(style) = style {
-        bar.set_style(style);
-    }
-    bar
 }
