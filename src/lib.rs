@@ -129,8 +129,30 @@ pub use ensemble_runtime::ring;
 /// (re-export of `ensemble_runtime::sync`; its docs list the guarantees).
 pub use ensemble_runtime::sync;
 
-/// The substrate: processes, handshake, wire format (re-export of `ensemble-runtime`).
-pub use ensemble_runtime as runtime;
+/// What a program around process actors may need of the process substrate: CPU pinning,
+/// waiting for the children of the process, names of signals and chains of errors, the
+/// introspection client that `ensemble ps` uses, the build identity and a child's exit codes.
+///
+/// The rest of `ensemble-runtime` (connections, the wire format, the transport) is ensemble's
+/// own machinery and not part of its API.
+pub mod runtime {
+    /// The introspection endpoint of every ensemble process, and its client (`ensemble ps`).
+    pub use ensemble_runtime::introspect;
+    pub use ensemble_runtime::{
+        error_chain, ignore_signal, live_children, pin_to_cpu, set_thread_name, signal_name,
+        wait_for_children, will_wait_for_children, Failure, MIN_LINUX,
+    };
+
+    /// The build identity that parent and child compare at the handshake.
+    pub mod build {
+        pub use ensemble_runtime::build::{BuildId, BUILD_SALT_ENV, PROTOCOL_VERSION};
+    }
+
+    /// The child's side of a process: whether this process is one, and its exit codes.
+    pub mod child {
+        pub use ensemble_runtime::child::{is_child, EXIT_BOOTSTRAP_FAILED};
+    }
+}
 
 /// serde, re-exported: what messages are encoded with. Name it as `ensemble::serde` (in bounds,
 /// in the modules of `#[serde(with = "..")]`) without a dependency of your own.

@@ -11,8 +11,8 @@
 mod harness;
 
 use ensemble::prelude::*;
-use ensemble::runtime::transport::framing::header;
-use ensemble::runtime::wire::{self, ToParent};
+use ensemble_runtime::transport::framing::header;
+use ensemble_runtime::wire::{self, ToParent};
 use futures::StreamExt;
 use harness::within;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -340,12 +340,26 @@ impl<A: ProcessActor> Actor for Backend<A> {
         // segments this child handed over reach the parent before it lets go of them.
         actix::spawn(async move {
             finish_handovers(&shared).await;
-            if let Err(e) = crate::supervisor::shutdown_process_supervisor().await {
-                tracing::warn!("this process's supervisor: {e}");
+            let hooks = EXIT_HOOKS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for hook in hooks {
+                hook().await;
             }
             actix::System::current().stop();
         });
     }
+}
+
+/// Work that must end before a child process exits, after `post_run`: registered by the layers
+/// above this one (the process supervisor stops its children in order), so that the backend
+/// needs to know none of them.
+pub(crate) type ExitHook = fn() -> futures::future::LocalBoxFuture<'static, ()>;
+
+static EXIT_HOOKS: std::sync::Mutex<Vec<ExitHook>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `hook` (once per registration, in registration order) when this process, a child, has
+/// stopped its actor and before it exits.
+pub(crate) fn before_exit(hook: ExitHook) {
+    EXIT_HOOKS.lock().unwrap_or_else(|e| e.into_inner()).push(hook);
 }
 
 /// Frames from the parent, in the order they arrived.

@@ -80,28 +80,6 @@ where
     encode_reply::<A, M>(ctx, delivery.id, &reply)
 }
 
-/// The entry for a [`Batch<M>`](crate::farm::Batch) of an actor with a [`ProcessHandler<M>`]:
-/// each task runs on its own, a panic fails only its task.
-///
-/// # Errors
-/// A [`Failure`] when the batch does not decode.
-pub fn batch_entry<A, M>(
-    state: &mut A,
-    body: &[u8],
-    fds: Vec<OwnedFd>,
-    ctx: &mut ProcessContext<A>,
-    delivery: Delivery,
-) -> Outcome
-where
-    A: ProcessHandler<M>,
-    M: RemoteMessage,
-{
-    let batch = decode::<A, crate::farm::Batch<M>>(body, fds, ctx, delivery)?;
-    let results: Vec<Result<M::Result, Failure>> =
-        batch.tasks.into_iter().map(|task| catching(|| state.handle(task, ctx))).collect();
-    encode_reply::<A, crate::farm::Batch<M>>(ctx, delivery.id, &results)
-}
-
 /// The entry for an [`AsyncProcessHandler<M>`].
 pub fn async_entry<A, M>(
     state: Rc<RefCell<A>>,
@@ -133,7 +111,7 @@ where
 
 /// Decodes the message and, if it handed over segments, acknowledges them (also on failure, so
 /// that the sender lets go).
-fn decode<A: ProcessActor, M: RemoteMessage>(
+pub(crate) fn decode<A: ProcessActor, M: RemoteMessage>(
     body: &[u8],
     fds: Vec<OwnedFd>,
     ctx: &ProcessContext<A>,
@@ -146,7 +124,7 @@ fn decode<A: ProcessActor, M: RemoteMessage>(
     msg.map_err(|e| Failure::Decode { what: std::any::type_name::<M>().to_owned(), detail: e.to_string() })
 }
 
-fn encode_reply<A: ProcessActor, M: RemoteMessage>(
+pub(crate) fn encode_reply<A: ProcessActor, M: RemoteMessage>(
     ctx: &ProcessContext<A>,
     id: Option<u64>,
     reply: &M::Result,

@@ -67,6 +67,7 @@ use std::time::{Duration, Instant};
 mod ledger;
 mod progress;
 mod schedule;
+pub(crate) mod worker;
 
 /// Tasks sent to a worker together. The worker's `batches(M)` entry runs each on its own.
 #[derive(Clone, Debug, Serialize, Deserialize)]

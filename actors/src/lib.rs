@@ -34,8 +34,7 @@ pub use backend::EXIT_START_FAILED;
 pub mod __private {
     pub use crate::actor::{assert_hooks, HookProbe, NoHooks, RunHooks, UserHooks};
     pub use crate::backend::run_child;
-    pub use crate::dispatch::{
-        async_entry, batch_entry, sync_entry, AsyncEntry, Delivery, Dispatch, Outcome, SyncEntry,
-    };
+    pub use crate::dispatch::{async_entry, sync_entry, AsyncEntry, Delivery, Dispatch, Outcome, SyncEntry};
+    pub use crate::farm::worker::batch_entry;
     pub use crate::message::NotAMessage;
 }

@@ -162,7 +162,7 @@ impl SupervisorEvent {
 }
 
 /// Why a supervisor did not end cleanly.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum SupervisorError {
     /// More restarts than the intensity allows; every child was stopped.
     #[error(
@@ -177,19 +177,21 @@ pub enum SupervisorError {
         within: Duration,
     },
     /// A child could not be started when the supervisor started.
-    #[error("child {child:?} could not be started: {error}")]
+    #[error("child {child:?} could not be started")]
     Start {
         /// The child's name.
         child: String,
-        /// The spawn error, as text.
-        error: String,
+        /// Why: match on it (`SpawnError::BuildMismatch`, `SpawnError::Start`, ...) through
+        /// the `Arc`.
+        #[source]
+        error: std::sync::Arc<SpawnError>,
     },
     /// The supervisor actor is gone (its actix system stopped).
     #[error("the supervisor is gone")]
     Gone,
     /// Installing the signal handlers failed.
-    #[error("could not install the signal handlers: {0}")]
-    Signals(String),
+    #[error("could not install the signal handlers")]
+    Signals(#[source] std::sync::Arc<std::io::Error>),
 }
 
 /// A supervisor being built: its configuration and first children.
@@ -287,7 +289,7 @@ impl Supervisor {
             let name = child.name().to_owned();
             if let Err(error) = handle.add_child(child).await {
                 let _ = handle.shutdown().await;
-                return Err(SupervisorError::Start { child: name, error: error.to_string() });
+                return Err(SupervisorError::Start { child: name, error: std::sync::Arc::new(error) });
             }
         }
         Ok(handle)
@@ -388,7 +390,7 @@ impl SupervisorHandle {
     /// handlers could not be installed.
     pub async fn run_until_signal(&self) -> Result<(), SupervisorError> {
         use actix_rt::signal::unix::{signal, SignalKind};
-        let signals = |kind| signal(kind).map_err(|e| SupervisorError::Signals(e.to_string()));
+        let signals = |kind| signal(kind).map_err(|e| SupervisorError::Signals(std::sync::Arc::new(e)));
         let (mut interrupt, mut terminate) =
             (signals(SignalKind::interrupt())?, signals(SignalKind::terminate())?);
         tokio::select! {
@@ -526,6 +528,18 @@ pub fn process_supervisor() -> Result<SupervisorHandle, SupervisorError> {
     if let Some(handle) = slot.as_ref().filter(|h| h.addr.connected()) {
         return Ok(handle.clone());
     }
+    // A child process stops these children in order before it exits (a parent: when
+    // `#[ensemble::main]` ends).
+    static BEFORE_EXIT: std::sync::Once = std::sync::Once::new();
+    BEFORE_EXIT.call_once(|| {
+        crate::backend::before_exit(|| {
+            Box::pin(async {
+                if let Err(e) = shutdown_process_supervisor().await {
+                    tracing::warn!("this process's supervisor: {e}");
+                }
+            })
+        })
+    });
     let handle = if on_actix_arbiter() {
         SupervisorHandle { addr: SupervisorActor::new(SupervisorConfig::default(), Vec::new()).start() }
     } else {

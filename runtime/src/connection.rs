@@ -45,19 +45,25 @@ use tokio::io::unix::AsyncFd;
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a call or cast produced no reply value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallFailure {
     /// The child ran the handler and it failed (panicked, or could not decode the message).
+    #[error("the child's handler failed: {0}")]
     Remote(Failure),
     /// The child exited or was killed before replying.
+    #[error("the child ended before replying: {0}")]
     Exited(ExitInfo),
     /// The child broke the protocol; it was killed.
-    Protocol(ProtocolError),
+    #[error("the child broke the protocol and was killed")]
+    Protocol(#[source] ProtocolError),
     /// A stop was requested: the child takes no new calls.
+    #[error("the child is stopping")]
     Stopping,
     /// The message could not be encoded.
+    #[error("could not encode the message: {0}")]
     Encode(String),
     /// The message is larger than the connection's limit; nothing was sent.
+    #[error("the message is over the size limit: {len} bytes or more, the limit is {limit}")]
     TooLarge {
         /// How many bytes were encoded before the limit was passed.
         len: u64,
@@ -65,10 +71,12 @@ pub enum CallFailure {
         limit: usize,
     },
     /// The send queue is full; nothing was sent.
+    #[error("the send queue is full")]
     Full,
     /// The child's end of the connection was already closed when the message was sent (it is
     /// exiting or has exited): the message was certainly not delivered, and may be sent again
     /// to another process.
+    #[error("the child was exiting; the message was not delivered")]
     NotDelivered,
 }
 
