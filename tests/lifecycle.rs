@@ -249,7 +249,7 @@ const ROOT_ENV: &str = "ENSEMBLE_TEST_AS_ROOT";
 
 /// Not a test on its own: the body of the separate root process started by the test below.
 #[tokio::test]
-#[ignore = "helper process for killing_the_root_leaves_no_descendant"]
+#[ignore = "helper process for killing_the_root_with_sigkill_leaves_no_descendant"]
 async fn root_process_helper() {
     if std::env::var_os(ROOT_ENV).is_none() {
         return;

@@ -10,7 +10,7 @@ use harness::within;
 
 use ensemble::prelude::*;
 use ensemble::supervisor::{
-    Backoff, Intensity, StopOrder, SupervisorError, SupervisorEvent, SupervisorEvents,
+    Backoff, Intensity, Reap, StopOrder, SupervisorError, SupervisorEvent, SupervisorEvents,
 };
 use futures::StreamExt;
 use std::path::PathBuf;
@@ -525,4 +525,44 @@ async fn a_child_that_cannot_start_keeps_its_spawn_error_as_the_cause() {
     assert!(matches!(**cause, SpawnError::BuildMismatch { .. }), "a value to match on: {cause:?}");
     let source = std::error::Error::source(&error).expect("the spawn error is the source");
     assert_eq!(source.to_string(), cause.to_string());
+}
+
+#[actix_rt::test]
+async fn reaping_in_the_background_returns_after_post_run_and_still_reaps_every_child() {
+    let log = Log::new("background");
+    let config = SupervisorConfig {
+        stop_order: StopOrder::Concurrent,
+        reap: Reap::InBackground,
+        ..Default::default()
+    };
+    let mut supervisor = Supervisor::new(config);
+    let children = [supervisor.add(logged_spec("a", &log)), supervisor.add(logged_spec("b", &log))];
+    let mut events = supervisor.events();
+    let root = within(10, supervisor.start()).await.unwrap();
+    let mut pids = Vec::new();
+    for child in &children {
+        pids.push(within(10, child.send(Ping)).await.unwrap());
+    }
+    within(10, root.shutdown()).await.unwrap();
+    let mut stopped = log.lines();
+    stopped.sort();
+    assert_eq!(stopped, ["a", "b"], "both ran post_run before the shutdown returned");
+    // Each child's Stopped event comes with its exit: a clean one (its mappings were left to
+    // the exit, which the parent does not take for a child that closed its end and lingers).
+    let mut exits = 0;
+    let seen = events_until(&mut events, |e| {
+        exits += usize::from(matches!(e, SupervisorEvent::Stopped { .. }));
+        exits == 2
+    })
+    .await;
+    for event in &seen {
+        if let SupervisorEvent::Stopped { child, exit } = event {
+            assert!(exit.success(), "{child}: {exit}");
+        }
+    }
+    for pid in pids {
+        let reaped = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        harness::wait_until(10, &format!("child {pid} reaped"), reaped).await;
+    }
+    let _ = std::fs::remove_file(&log.0);
 }

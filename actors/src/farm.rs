@@ -45,13 +45,14 @@
 //!   never reported twice; a task that crashed its worker may have run more than once.
 //! - **Signals.** [`Farm::map_until_signal`] stops dispatch on SIGINT or SIGTERM and returns
 //!   what finished; the workers themselves ignore SIGINT and stop when the farm does.
-//! - **Scope.** Dropping the farm (or [`Farm::shutdown`]) stops every worker; they are reaped.
+//! - **Scope.** Dropping the farm (or [`Farm::shutdown`]) stops every worker; they are reaped
+//!   (in the background once they have said their last words: see [`Farm::shutdown`]).
 
 use crate::actor::{Handles, ProcessActor};
 use crate::error::CallError;
 use crate::message::RemoteMessage;
 use crate::supervisor::{
-    ChildSpec, Intensity, StopOrder, Supervised, Supervisor, SupervisorConfig, SupervisorError,
+    ChildSpec, Intensity, Reap, StopOrder, Supervised, Supervisor, SupervisorConfig, SupervisorError,
     SupervisorHandle,
 };
 use ensemble_runtime::transport::ProtocolError;
@@ -235,8 +236,12 @@ impl<A: ProcessActor> Farm<A> {
         let intensity = config
             .restarts
             .unwrap_or(Intensity { max_restarts: 10 * workers as u32, within: Duration::from_secs(60) });
-        let group =
-            SupervisorConfig { intensity, stop_order: StopOrder::Concurrent, ..SupervisorConfig::default() };
+        let group = SupervisorConfig {
+            intensity,
+            stop_order: StopOrder::Concurrent,
+            reap: Reap::InBackground,
+            ..SupervisorConfig::default()
+        };
         let mut supervisor = Supervisor::new(group);
         let factory = std::sync::Arc::new(factory);
         let handles = (0..workers)
@@ -446,7 +451,10 @@ impl<A: ProcessActor> Farm<A> {
         Ok((results, interrupted))
     }
 
-    /// Stops every worker in order and waits until they are reaped.
+    /// Stops every worker at once and returns when each has run `post_run` and closed its
+    /// connection. Their exits finish in the background (the kernel's teardown of the pages a
+    /// worker mapped, about 35 ms per GiB: 40-55 ms for seed 003's 1.28 GB input here, which
+    /// this no longer waits for), and each is reaped then (see [`Reap::InBackground`]).
     ///
     /// # Errors
     /// [`SupervisorError::GaveUp`] if workers crashed too often and the farm gave up before.

@@ -38,3 +38,31 @@ pub mod __private {
     pub use crate::farm::worker::batch_entry;
     pub use crate::message::NotAMessage;
 }
+
+#[cfg(test)]
+mod layering {
+    /// The modules below the supervisor and the farm, with their sources.
+    const LOWER: &[(&str, &str)] = &[
+        ("message.rs", include_str!("message.rs")),
+        ("actor.rs", include_str!("actor.rs")),
+        ("context.rs", include_str!("context.rs")),
+        ("dispatch.rs", include_str!("dispatch.rs")),
+        ("backend.rs", include_str!("backend.rs")),
+        ("remote.rs", include_str!("remote.rs")),
+        ("meter.rs", include_str!("meter.rs")),
+        ("error.rs", include_str!("error.rs")),
+    ];
+
+    #[test]
+    fn no_module_below_the_supervisor_or_the_farm_names_them() {
+        for (file, source) in LOWER {
+            for (n, line) in source.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue; // doc links may point anywhere
+                }
+                let upward = line.contains("crate::supervisor") || line.contains("crate::farm");
+                assert!(!upward, "{file}:{}: names a layer above it: {}", n + 1, line.trim());
+            }
+        }
+    }
+}

@@ -359,6 +359,21 @@ impl<A: ProcessActor> Remote<A> {
         }
     }
 
+    /// Stops the actor as [`Remote::stop`] does, but resolves once the child has run
+    /// `post_run` and closed its connection, without waiting for its exit: the connection's
+    /// driver reaps it. Past the shutdown timeout the process is killed (and this waits for
+    /// its exit then).
+    pub(crate) async fn stop_until_closed(&self) {
+        let closed = self.connection.closed();
+        if !self.connection.request_stop() {
+            return; // it has exited already
+        }
+        if tokio::time::timeout(self.shutdown_timeout, closed).await.is_err() {
+            self.connection.process().kill();
+            self.connection.exited().await;
+        }
+    }
+
     /// Resolves once the process has exited, however it ended.
     pub async fn exited(&self) -> ExitInfo {
         self.connection.exited().await

@@ -38,7 +38,9 @@ mod spec;
 
 pub use self::core::EXIT_ESCALATED;
 pub use slot::{Supervised, SupervisedCall};
-pub use spec::{Backoff, ChildSpec, Intensity, Restart, StopOrder, Strategy, SupervisorConfig, WhileDown};
+pub use spec::{
+    Backoff, ChildSpec, Intensity, Reap, Restart, StopOrder, Strategy, SupervisorConfig, WhileDown,
+};
 
 use self::child::{Child, TypedChild};
 use self::core::{AddChild, Shutdown, Subscribe, SupervisorActor, Wait};

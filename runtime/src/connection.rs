@@ -41,8 +41,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
-/// How long a child whose connection closed may take to exit before it is killed.
-const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long a child whose connection closed may take to exit before it is killed. A child
+/// closes its end after its last words and then exits: the kernel first tears down its
+/// mappings (about 35 ms per GiB mapped here), so this leaves room for about 140 GiB.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a call or cast produced no reply value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,6 +230,9 @@ struct State {
     broken: Option<ProtocolError>,
     exit: Option<ExitInfo>,
     exit_waiters: Vec<oneshot::Sender<ExitInfo>>,
+    /// The child closed its end: it will send nothing more.
+    closed: bool,
+    closed_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Connection {
@@ -336,6 +341,26 @@ impl Connection {
             None => state.exit_waiters.push(tx),
         }
         Exited { rx, process: Arc::clone(&self.core.process) }
+    }
+
+    /// Resolves once the child has closed its end of the connection or has exited. A child
+    /// that stops closes its end after its last words (`post_run` done, every reply, event and
+    /// log line sent), and then exits; its exit can take a while longer, since the kernel first
+    /// tears down the child's mappings (about 35 ms per GiB it mapped). The driver still reaps
+    /// it, whether or not anyone waits.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut state = self.core.lock();
+        let (tx, rx) = oneshot::channel();
+        match state.closed || state.exit.is_some() {
+            true => {
+                let _ = tx.send(());
+            }
+            false => state.closed_waiters.push(tx),
+        }
+        async move {
+            // A dropped sender means the connection's core is gone, the child with it.
+            let _ = rx.await;
+        }
     }
 
     /// Why calls fail now, if they do: the child broke the protocol, exited, or is stopping.
@@ -522,9 +547,22 @@ impl Core {
         }
     }
 
+    /// The child closed its end of the connection: tell those waiting for that.
+    fn closed_by_child(&self) {
+        let waiters = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.closed_waiters)
+        };
+        for tx in waiters {
+            let _ = tx.send(());
+        }
+    }
+
     /// The child has exited: reap it and tell everyone.
     fn finish(&self, exit: ExitInfo) {
         self.outbox.abandon_all();
+        self.closed_by_child();
         let (pending, waiters, broken) = {
             let mut state = self.lock();
             state.exit = Some(exit.clone());
@@ -598,6 +636,7 @@ async fn read_until_exit(core: &Arc<Core>, home: Home) -> Option<ExitInfo> {
         End::Moved => return None,
         End::Exited => drain(core),
         End::Read(ReadError::Closed) => {
+            core.closed_by_child();
             let exited = tokio::time::timeout(EXIT_GRACE, pidfd.readable()).await;
             if exited.is_err() {
                 core.violation(ProtocolError::ClosedWhileAlive);

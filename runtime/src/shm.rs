@@ -34,5 +34,5 @@ pub(crate) mod segment;
 pub(crate) mod transfer;
 
 pub use crate::sys::shared_slice::{SharedSlice, SharedSliceMut};
-pub use segment::{backing_memory, held_segments, Segment, SegmentError, SegmentId};
+pub use segment::{backing_memory, held_segments, leave_mappings_to_exit, Segment, SegmentError, SegmentId};
 pub use transfer::Hold;

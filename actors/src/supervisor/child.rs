@@ -31,6 +31,9 @@ pub(crate) trait Incarnation: Send + Sync {
     fn exited(&self) -> BoxFuture<'static, ExitInfo>;
     /// Stops it gracefully, kills it after its shutdown timeout, and resolves to how it ended.
     fn stop(&self) -> BoxFuture<'static, ExitInfo>;
+    /// As `stop`, but resolves once the child has closed its connection after `post_run`,
+    /// before its exit (see [`Reap::InBackground`](crate::supervisor::Reap::InBackground)).
+    fn stop_until_closed(&self) -> BoxFuture<'static, ()>;
 }
 
 pub(crate) struct TypedChild<A: ProcessActor> {
@@ -89,5 +92,10 @@ impl<A: ProcessActor> Incarnation for Remote<A> {
             remote.exited().await
         }
         .boxed()
+    }
+
+    fn stop_until_closed(&self) -> BoxFuture<'static, ()> {
+        let remote = self.clone();
+        async move { remote.stop_until_closed().await }.boxed()
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::supervisor::child::{Child, Incarnation};
 use crate::supervisor::registry::View;
-use crate::supervisor::spec::{Restart, StopOrder, Strategy, SupervisorConfig};
+use crate::supervisor::spec::{Reap, Restart, StopOrder, Strategy, SupervisorConfig};
 use crate::supervisor::{SupervisorError, SupervisorEvent};
 use actix::{Actor, AsyncContext, Handler, Message, WrapFuture};
 use ensemble_runtime::{ExitInfo, SpawnError};
@@ -353,18 +353,41 @@ async fn stop_all(core: &Rc<RefCell<Core>>) {
         };
         child.mark_gone(None);
         if let Some(incarnation) = incarnation {
-            let stop = incarnation.stop();
+            let stop = stop_child(core, Arc::clone(&child), incarnation);
             match concurrent {
                 true => stopping.push((child, stop)),
-                false => {
-                    let exit = stop.await;
-                    core.borrow().emit(SupervisorEvent::Stopped { child: child.name().to_owned(), exit });
-                }
+                false => stopped(core, &*child, stop.await),
             }
         }
     }
     let (children, stops): (Vec<_>, Vec<_>) = stopping.into_iter().unzip();
     for (child, exit) in children.into_iter().zip(futures::future::join_all(stops).await) {
+        stopped(core, &*child, exit);
+    }
+}
+
+/// Stops one child for good. Resolves to its exit, or, with [`Reap::InBackground`], to `None`
+/// once it closed its connection: its `Stopped` event then comes when it exits.
+fn stop_child(
+    core: &Rc<RefCell<Core>>,
+    child: Arc<dyn Child>,
+    incarnation: Arc<dyn Incarnation>,
+) -> impl std::future::Future<Output = Option<ExitInfo>> {
+    let core = Rc::clone(core);
+    async move {
+        if core.borrow().config.reap == Reap::BeforeReturning {
+            return Some(incarnation.stop().await);
+        }
+        incarnation.stop_until_closed().await;
+        let exited = incarnation.exited();
+        actix_rt::spawn(async move { stopped(&core, &*child, Some(exited.await)) });
+        None
+    }
+}
+
+/// Says that `child` stopped, once its exit is known.
+fn stopped(core: &Rc<RefCell<Core>>, child: &dyn Child, exit: Option<ExitInfo>) {
+    if let Some(exit) = exit {
         core.borrow().emit(SupervisorEvent::Stopped { child: child.name().to_owned(), exit });
     }
 }

@@ -28,6 +28,19 @@ pub(crate) unsafe fn bytes_mut(map: &MmapRaw, offset: usize, len: usize) -> &mut
     unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr().add(offset), len) }
 }
 
+/// Unmaps `map`, or, when `leave_to_exit`, leaves it to the kernel's teardown of the whole
+/// process at exit (the same work, done after the process's last words instead of before).
+/// For `Segment`'s `Drop` only.
+pub(crate) fn release(map: &mut std::mem::ManuallyDrop<MmapRaw>, leave_to_exit: bool) {
+    if leave_to_exit {
+        return; // never dropped: the mapping lives until the process exits
+    }
+    // SAFETY: called once, from the `Drop` of the segment that owns `map`, which touches the
+    // field no more afterwards; no slice of the mapping outlives the segment (every view
+    // borrows the handle that holds the segment's `Arc`).
+    unsafe { std::mem::ManuallyDrop::drop(map) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +54,23 @@ mod tests {
         unsafe { bytes_mut(&map, 10, 3) }.copy_from_slice(b"abc");
         // SAFETY: as above; the mutable view above is gone.
         assert_eq!(unsafe { bytes(&map, 9, 5) }, b"\0abc\0");
+    }
+
+    fn mapped(name: &str) -> bool {
+        std::fs::read_to_string("/proc/self/maps").unwrap().contains(name)
+    }
+
+    #[test]
+    fn a_released_mapping_is_unmapped_unless_left_to_the_exit() {
+        for (name, leave_to_exit) in
+            [("ensemble:test-release-now", false), ("ensemble:test-release-late", true)]
+        {
+            let file = std::fs::File::from(crate::sys::memfd::create_segment(name, 4096).unwrap());
+            let map = memmap2::MmapOptions::new().len(4096).map_raw(&file).unwrap();
+            let mut map = std::mem::ManuallyDrop::new(map);
+            assert!(mapped(name));
+            release(&mut map, leave_to_exit);
+            assert_eq!(mapped(name), leave_to_exit, "{name}");
+        }
     }
 }

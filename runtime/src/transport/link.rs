@@ -508,6 +508,19 @@ impl Link {
         self.socket.as_fd()
     }
 
+    /// Closes the connection both ways before the descriptor goes: the peer reads the end of
+    /// the connection once it has read everything sent before (and its sends fail). A child
+    /// does it after its last words, before it exits: its exit may take a while longer, since
+    /// the kernel tears down its mappings first, and only then closes its descriptors. (Both
+    /// ways, because a seqpacket peer sees a hang-up only then; after a half close it would
+    /// read an empty datagram.)
+    ///
+    /// # Errors
+    /// The kernel's, from `shutdown(2)` (`ENOTCONN` when the peer is gone).
+    pub fn close(&self) -> io::Result<()> {
+        rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Both).map_err(io::Error::from)
+    }
+
     /// An empty frame to encode into.
     pub fn frame_buf(&self) -> FrameBuf {
         FrameBuf::new(self.limits)
