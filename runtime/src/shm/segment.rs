@@ -102,7 +102,22 @@ pub fn leave_mappings_to_exit() {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        sys::shm::release(&mut self.map, LEAVE_TO_EXIT.load(std::sync::atomic::Ordering::Relaxed));
+        let map = sys::shm::take_mapping(&mut self.map);
+        if LEAVE_TO_EXIT.load(std::sync::atomic::Ordering::Relaxed) {
+            std::mem::forget(map); // the kernel unmaps it at exit
+            return;
+        }
+        let seal = self.seal_after_unmap.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        match seal {
+            // The writable mapping of a frozen segment: unmapping written pages costs about
+            // 35 ms per GiB, which is not the freezer's to wait for (nor a hand-over's). The
+            // seal for good needs it gone, so it follows it on the same thread.
+            Some(file) => drop(crate::io_thread::handle().spawn_blocking(move || {
+                drop(map);
+                seal_for_good(&file);
+            })),
+            None => drop(map),
+        }
     }
 }
 
@@ -111,6 +126,9 @@ impl Drop for Segment {
 pub struct Segment {
     file: File,
     map: std::mem::ManuallyDrop<MmapRaw>,
+    /// Set on the writable segment of one that was frozen: its mapping goes on the I/O thread,
+    /// and this file (the same memfd) is sealed for good after it.
+    seal_after_unmap: std::sync::Mutex<Option<File>>,
     len: usize,
     id: SegmentId,
     writable: bool,
@@ -172,11 +190,13 @@ impl Segment {
     }
 
     /// A read-only segment of the same memory, sealed against writing (see the module docs).
+    /// This (writable) segment's mapping, once dropped, is unmapped on the I/O thread, and the
+    /// memfd then sealed for good.
     pub(crate) fn frozen(&self) -> Result<Arc<Segment>, SegmentError> {
         sys::memfd::add_seals(self.file.as_fd(), SealFlags::FUTURE_WRITE)?;
         let frozen = Segment::map(self.file.try_clone()?, self.len, false)?;
         let file = self.file.try_clone()?;
-        drop(crate::io_thread::handle().spawn_blocking(move || seal_for_good(&file)));
+        *self.seal_after_unmap.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
         Ok(frozen)
     }
 
@@ -192,7 +212,8 @@ impl Segment {
         let mut options = memmap2::MmapOptions::new();
         options.len(len.max(1));
         let map = if writable { options.map_raw(&file)? } else { options.map_raw_read_only(&file)? };
-        Ok(Arc::new(Segment { file, map: std::mem::ManuallyDrop::new(map), len, id, writable }))
+        let map = std::mem::ManuallyDrop::new(map);
+        Ok(Arc::new(Segment { file, map, seal_after_unmap: std::sync::Mutex::new(None), len, id, writable }))
     }
 
     /// Whether this mapping is writable.
@@ -352,12 +373,13 @@ mod tests {
         });
         assert!(written.is_err(), "a write through /proc succeeded");
         assert!(frozen.seal_against_writing().is_err(), "a writable mapping is left");
+        // The writable mapping goes on the I/O thread, and the seal for good follows it there.
         drop(segment);
-        frozen.seal_against_writing().unwrap();
-        assert!(
-            sys::memfd::seals(frozen.fd()).unwrap().contains(SealFlags::WRITE),
-            "sealed for good once no writable mapping is left"
-        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !sys::memfd::seals(frozen.fd()).unwrap().contains(SealFlags::WRITE) {
+            assert!(std::time::Instant::now() < deadline, "not sealed for good once unmapped");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     #[test]

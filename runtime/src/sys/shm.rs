@@ -28,17 +28,14 @@ pub(crate) unsafe fn bytes_mut(map: &MmapRaw, offset: usize, len: usize) -> &mut
     unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr().add(offset), len) }
 }
 
-/// Unmaps `map`, or, when `leave_to_exit`, leaves it to the kernel's teardown of the whole
-/// process at exit (the same work, done after the process's last words instead of before).
-/// For `Segment`'s `Drop` only.
-pub(crate) fn release(map: &mut std::mem::ManuallyDrop<MmapRaw>, leave_to_exit: bool) {
-    if leave_to_exit {
-        return; // never dropped: the mapping lives until the process exits
-    }
+/// Takes the mapping out of its owner, to unmap it (drop it) or leave it mapped until the
+/// process exits (forget it). For `Segment`'s `Drop` only.
+pub(crate) fn take_mapping(map: &mut std::mem::ManuallyDrop<MmapRaw>) -> MmapRaw {
     // SAFETY: called once, from the `Drop` of the segment that owns `map`, which touches the
     // field no more afterwards; no slice of the mapping outlives the segment (every view
-    // borrows the handle that holds the segment's `Arc`).
-    unsafe { std::mem::ManuallyDrop::drop(map) }
+    // borrows the handle that holds the segment's `Arc`), so whoever unmaps it later unmaps
+    // memory nothing points into.
+    unsafe { std::mem::ManuallyDrop::take(map) }
 }
 
 #[cfg(test)]
@@ -61,16 +58,18 @@ mod tests {
     }
 
     #[test]
-    fn a_released_mapping_is_unmapped_unless_left_to_the_exit() {
-        for (name, leave_to_exit) in
-            [("ensemble:test-release-now", false), ("ensemble:test-release-late", true)]
-        {
+    fn a_taken_mapping_is_unmapped_when_dropped_and_stays_when_forgotten() {
+        for (name, forget) in [("ensemble:test-take-drop", false), ("ensemble:test-take-forget", true)] {
             let file = std::fs::File::from(crate::sys::memfd::create_segment(name, 4096).unwrap());
             let map = memmap2::MmapOptions::new().len(4096).map_raw(&file).unwrap();
-            let mut map = std::mem::ManuallyDrop::new(map);
+            let mut owner = std::mem::ManuallyDrop::new(map);
             assert!(mapped(name));
-            release(&mut map, leave_to_exit);
-            assert_eq!(mapped(name), leave_to_exit, "{name}");
+            let taken = take_mapping(&mut owner);
+            match forget {
+                true => std::mem::forget(taken),
+                false => drop(taken),
+            }
+            assert_eq!(mapped(name), forget, "{name}");
         }
     }
 }
