@@ -365,9 +365,9 @@ impl<A: ProcessActor> Remote<A> {
     /// its exit then).
     pub(crate) async fn stop_until_closed(&self) {
         let closed = self.connection.closed();
-        if !self.connection.request_stop() {
-            return; // it has exited already
-        }
+        // A stop that cannot be sent finds the child exited or exiting (its close is near), or
+        // the connection broken: the timeout below kills it then.
+        let _ = self.connection.request_stop();
         if tokio::time::timeout(self.shutdown_timeout, closed).await.is_err() {
             self.connection.process().kill();
             self.connection.exited().await;

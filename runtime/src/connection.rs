@@ -637,9 +637,16 @@ async fn read_until_exit(core: &Arc<Core>, home: Home) -> Option<ExitInfo> {
         End::Exited => drain(core),
         End::Read(ReadError::Closed) => {
             core.closed_by_child();
-            let exited = tokio::time::timeout(EXIT_GRACE, pidfd.readable()).await;
-            if exited.is_err() {
-                core.violation(ProtocolError::ClosedWhileAlive);
+            loop {
+                if tokio::time::timeout(EXIT_GRACE, pidfd.readable()).await.is_ok() {
+                    break;
+                }
+                // A child the kernel is still tearing down (many GiB of mappings, a loaded
+                // machine) has closed its end honestly: wait on. One that lives on is lying.
+                if !crate::process::is_exiting(core.process.pid()) {
+                    core.violation(ProtocolError::ClosedWhileAlive);
+                    break;
+                }
             }
         }
         End::Read(ReadError::Protocol(e)) => core.violation(e),

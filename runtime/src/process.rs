@@ -63,6 +63,21 @@ impl fmt::Display for ExitInfo {
     }
 }
 
+/// Whether process `pid` (a child not reaped yet, so the number is still its own) is exiting:
+/// the kernel's `PF_EXITING` flag in `/proc/PID/stat`, set once it entered `exit` (while its
+/// mappings are torn down), or already a zombie. False when it cannot be read.
+pub(crate) fn is_exiting(pid: u32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // Fields after the command (which may hold spaces, so after its closing parenthesis):
+    // state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else { return false };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = matches!(fields.first(), Some(&"Z" | &"X"));
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    zombie || flags & PF_EXITING != 0
+}
+
 /// The conventional name of a signal number.
 pub fn signal_name(sig: i32) -> &'static str {
     match sig {
@@ -315,5 +330,26 @@ impl AsFd for ChildProcess {
 impl fmt::Debug for ChildProcess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChildProcess").field("pid", &self.pid).field("name", &self.name).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_exiting;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a plain child, to look at in /proc
+    fn a_living_child_is_not_exiting_and_a_zombie_is() {
+        let mut child = std::process::Command::new("/bin/sleep").arg("10").spawn().unwrap();
+        assert!(!is_exiting(child.id()), "a sleeping child is not exiting");
+        child.kill().unwrap();
+        // Killed but not reaped: a zombie, until `wait`.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !is_exiting(child.id()) {
+            assert!(std::time::Instant::now() < deadline, "the killed child never looked exiting");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        child.wait().unwrap();
+        assert!(!is_exiting(u32::MAX), "no such process: not exiting");
     }
 }

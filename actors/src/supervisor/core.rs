@@ -379,8 +379,16 @@ fn stop_child(
             return Some(incarnation.stop().await);
         }
         incarnation.stop_until_closed().await;
+        // The exit comes later, maybe after this supervisor's system has ended (a shutdown
+        // returns now): the event is sent from the I/O thread, which lives as long as the
+        // process, to the subscribers of now.
         let exited = incarnation.exited();
-        actix_rt::spawn(async move { stopped(&core, &*child, Some(exited.await)) });
+        let subscribers = core.borrow().subscribers.clone();
+        let name = child.name().to_owned();
+        drop(ensemble_runtime::io_thread::handle().spawn(async move {
+            let event = SupervisorEvent::Stopped { child: name, exit: exited.await };
+            emit_to(&subscribers, event);
+        }));
         None
     }
 }
@@ -468,9 +476,14 @@ impl Core {
     }
 
     fn emit(&self, event: SupervisorEvent) {
-        event.log();
-        for subscriber in &self.subscribers {
-            let _ = subscriber.unbounded_send(event.clone());
-        }
+        emit_to(&self.subscribers, event);
+    }
+}
+
+/// Logs `event` and hands it to every subscriber still listening.
+fn emit_to(subscribers: &[mpsc::UnboundedSender<SupervisorEvent>], event: SupervisorEvent) {
+    event.log();
+    for subscriber in subscribers {
+        let _ = subscriber.unbounded_send(event.clone());
     }
 }

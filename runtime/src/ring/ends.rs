@@ -755,9 +755,15 @@ impl Consumer {
         self.end.waiter.safety = timeout;
     }
 
-    /// The oldest committed slot, if one is there now: no system call, no look at the peer.
+    /// The oldest committed slot, if one is there now, or the end once the producer closed and
+    /// every slot it committed was taken: no system call.
     pub(crate) fn take_now(&mut self) -> Result<Option<Slot>, RingError> {
-        self.take()
+        match self.take()? {
+            Some(slot) => Ok(Some(slot)),
+            // Closed: what it committed before is read; then its end is the answer.
+            None if self.end.peer_closed() => self.last_look().map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The end's own waiter found a slot outside its wait: the waits before it are over (see

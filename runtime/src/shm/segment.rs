@@ -91,11 +91,13 @@ pub struct SegmentId {
 /// Set once this process is about to exit (see [`leave_mappings_to_exit`]).
 static LEAVE_TO_EXIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// From now on, segments this process lets go of stay mapped until it exits, instead of being
-/// unmapped one by one. For a process about to exit: unmapping a large mapping costs the page
-/// tables' teardown (about 35 ms per GiB mapped), which the kernel then does at exit, after the
+/// From now on, segments this process held until now stay mapped, when it lets go of them,
+/// until it exits, instead of being unmapped one by one (segments made later are unmapped as
+/// usual). For a process about to exit: unmapping a large mapping costs the page tables'
+/// teardown (about 35 ms per GiB mapped), which the kernel then does at exit, after the
 /// process has said its last words to its parent, rather than before. An ensemble child calls
-/// it once its actor has stopped.
+/// it once its actor has stopped; it cannot be undone.
+#[doc(hidden)]
 pub fn leave_mappings_to_exit() {
     LEAVE_TO_EXIT.store(true, std::sync::atomic::Ordering::Relaxed);
 }
@@ -103,22 +105,56 @@ pub fn leave_mappings_to_exit() {
 impl Drop for Segment {
     fn drop(&mut self) {
         let map = sys::shm::take_mapping(&mut self.map);
-        if LEAVE_TO_EXIT.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.made_after_exit_began && LEAVE_TO_EXIT.load(std::sync::atomic::Ordering::Relaxed) {
             std::mem::forget(map); // the kernel unmaps it at exit
             return;
         }
         let seal = self.seal_after_unmap.get_mut().unwrap_or_else(|e| e.into_inner()).take();
-        match seal {
-            // The writable mapping of a frozen segment: unmapping written pages costs about
-            // 35 ms per GiB, which is not the freezer's to wait for (nor a hand-over's). The
-            // seal for good needs it gone, so it follows it on the same thread.
-            Some(file) => drop(crate::io_thread::handle().spawn_blocking(move || {
+        let Some(file) = seal else { return drop(map) };
+        // The writable mapping of a frozen segment: unmapping written pages costs about 35 ms
+        // per GiB, which is not the freezer's to wait for (nor a hand-over's). The seal for
+        // good needs it gone, so it follows it on the same thread.
+        // (A small mapping goes at once: cheap, and its pages are not counted as held a
+        // moment longer.)
+        let map = match self.len >= UNMAP_IN_BACKGROUND {
+            true => Some(map),
+            false => {
                 drop(map);
-                seal_for_good(&file);
-            })),
-            None => drop(map),
-        }
+                None
+            }
+        };
+        in_background(Box::new(move || {
+            drop(map);
+            seal_for_good(&file);
+        }));
     }
+}
+
+/// From this size on, a frozen segment's writable mapping is unmapped in the background.
+const UNMAP_IN_BACKGROUND: usize = 16 << 20;
+
+/// Runs `job` on ensemble's unmapping thread (started on first use), or here if that thread
+/// cannot be started.
+fn in_background(job: Box<dyn FnOnce() + Send>) {
+    type Job = Box<dyn FnOnce() + Send>;
+    static UNMAPPER: OnceLock<Option<std::sync::Mutex<std::sync::mpsc::Sender<Job>>>> = OnceLock::new();
+    let unmapper = UNMAPPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new().name("ensemble-unmap".into()).spawn(move || {
+            for job in rx {
+                job();
+            }
+        });
+        thread.ok().map(|_| std::sync::Mutex::new(tx))
+    });
+    let job = match unmapper {
+        Some(tx) => match tx.lock().unwrap_or_else(|e| e.into_inner()).send(job) {
+            Ok(()) => return,
+            Err(std::sync::mpsc::SendError(job)) => job,
+        },
+        None => job,
+    };
+    job();
 }
 
 /// A mapped segment held by this process. Shared through `Arc`; its memory goes when the last
@@ -129,6 +165,8 @@ pub struct Segment {
     /// Set on the writable segment of one that was frozen: its mapping goes on the I/O thread,
     /// and this file (the same memfd) is sealed for good after it.
     seal_after_unmap: std::sync::Mutex<Option<File>>,
+    /// Made after [`leave_mappings_to_exit`]: unmapped as usual when dropped.
+    made_after_exit_began: bool,
     len: usize,
     id: SegmentId,
     writable: bool,
@@ -213,7 +251,9 @@ impl Segment {
         options.len(len.max(1));
         let map = if writable { options.map_raw(&file)? } else { options.map_raw_read_only(&file)? };
         let map = std::mem::ManuallyDrop::new(map);
-        Ok(Arc::new(Segment { file, map, seal_after_unmap: std::sync::Mutex::new(None), len, id, writable }))
+        let made_after_exit_began = LEAVE_TO_EXIT.load(std::sync::atomic::Ordering::Relaxed);
+        let seal_after_unmap = std::sync::Mutex::new(None);
+        Ok(Arc::new(Segment { file, map, seal_after_unmap, made_after_exit_began, len, id, writable }))
     }
 
     /// Whether this mapping is writable.

@@ -518,6 +518,10 @@ impl Link {
     /// # Errors
     /// The kernel's, from `shutdown(2)` (`ENOTCONN` when the peer is gone).
     pub fn close(&self) -> io::Result<()> {
+        // A fast lane's ends close too: the peer reads what is in the ring, then the end of it
+        // (it may be reading the ring alone, and not look at the socket until then).
+        drop(self.lock().lane.take());
+        drop(self.lock_rx().take());
         rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Both).map_err(io::Error::from)
     }
 
@@ -942,6 +946,27 @@ mod tests {
         assert_eq!(recv(&parent), b"reply");
         let stats = parent.lane_stats().unwrap();
         assert_eq!((stats.sent, stats.received), (6, 1), "{stats:?}");
+    }
+
+    #[test]
+    fn after_a_close_the_peer_reads_every_frame_then_the_end_and_its_sends_fail() {
+        let (parent, child) = laned(LaneConfig { slots: 8, slot_size: 64 });
+        let large = vec![7u8; 1000];
+        for bytes in [&b"last"[..], &large, b"words"] {
+            send(&child, bytes).unwrap();
+        }
+        child.flush_blocking(Duration::from_secs(5)).unwrap();
+        child.close().unwrap();
+        for bytes in [&b"last"[..], &large, b"words"] {
+            assert_eq!(recv(&parent), bytes);
+        }
+        let end = parent.recv_now();
+        assert!(matches!(end, Err(ReadError::Closed)), "the end, after the frames: {end:?}");
+        assert!(
+            matches!(send(&parent, b"late"), Err(LinkSendError::Closed))
+                || parent.flush_blocking(Duration::from_secs(1)).is_err(),
+            "a send after the close fails"
+        );
     }
 
     #[test]
