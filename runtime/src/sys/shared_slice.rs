@@ -5,7 +5,8 @@
 //! - A `SharedSliceMut` owns a byte range of a segment exclusively. It is not `Clone`; it can
 //!   be split into disjoint parts and joined back; sending it in a message moves it.
 //! - A `SharedSlice` exists only for a frozen segment: one whose whole range was owned by a
-//!   single `SharedSliceMut` when it was frozen, so nobody can write it any more.
+//!   single `SharedSliceMut` when it was frozen, so nobody can write it any more (the freezing
+//!   process reads through the mapping it wrote through; the safe API gives only `&[T]` then).
 //! - A view borrows its handle, and the handle holds the mapping: a view cannot outlive it.
 
 use crate::shm::segment::{Segment, SegmentError, SegmentId};
@@ -143,19 +144,19 @@ impl<T: Pod> SharedSliceMut<T> {
     }
 
     /// Makes the array read-only and shareable. Only the owner of the whole segment can. The
-    /// segment is sealed against writing: no process can write it any more, not even through
-    /// `/proc/PID/fd` (`F_SEAL_FUTURE_WRITE` now, `F_SEAL_WRITE` once the last writable mapping,
-    /// e.g. a worker's not yet acknowledged, is gone).
+    /// segment is sealed against writing (`F_SEAL_FUTURE_WRITE`): no process can map it
+    /// writable or write it any more, not even through `/proc/PID/fd`. One system call at any
+    /// size: the array stays where it is in this process, and is read through the same mapping.
     ///
     /// # Errors
-    /// Gives `self` back when it is only a part of its segment, or, rarely, when the read-only
-    /// mapping cannot be made (out of memory; logged).
+    /// Gives `self` back when it is only a part of its segment, or, rarely, when the seal
+    /// cannot be added (logged).
     pub fn freeze(self) -> Result<SharedSlice<T>, Self> {
         if self.start != 0 || self.len * size_of::<T>() != self.segment.len() {
             return Err(self);
         }
-        match self.segment.frozen() {
-            Ok(segment) => Ok(SharedSlice { segment, len: self.len, _element: PhantomData }),
+        match self.segment.freeze() {
+            Ok(()) => Ok(SharedSlice { segment: self.segment, len: self.len, _element: PhantomData }),
             Err(e) => {
                 tracing::error!("cannot freeze a shared array: {e}");
                 Err(self)
@@ -210,8 +211,9 @@ impl<T: Pod> Deref for SharedSlice<T> {
         // on receipt, by the handle's check and `Segment::adopt`), so the range is inside the
         // mapping. A SharedSlice exists only for a frozen segment: sealed against new writes
         // and writable mappings, and no `SharedSliceMut` of it is left anywhere (freezing took
-        // the whole range from its single owner). The mapping is held by `self.segment` for as
-        // long as this borrow of `self`.
+        // the whole range from its single owner; in the freezing process the mapping stays
+        // writable, but what could write through it was consumed). The mapping is held by
+        // `self.segment` for as long as this borrow of `self`.
         let bytes = unsafe { crate::sys::shm::bytes(self.segment.map_ref(), 0, self.len * size_of::<T>()) };
         bytemuck::cast_slice(bytes)
     }
