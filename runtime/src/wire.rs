@@ -181,6 +181,9 @@ impl fmt::Display for Failure {
     }
 }
 
+/// A failure is an error of its own: its causes live in another process, as text.
+impl std::error::Error for Failure {}
+
 /// A frame or body that could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
