@@ -271,3 +271,21 @@ fn killing_the_root_with_sigkill_leaves_no_descendant() {
         assert!(wait_gone(pid, Duration::from_secs(5)), "descendant {pid} outlived the root");
     }
 }
+
+/// A child's parent-death signal is tied to the thread that forked it. ensemble forks only on
+/// its launcher thread, which lives as long as the process, so a child spawned from a thread
+/// that has since ended lives on.
+#[tokio::test]
+async fn a_child_spawned_from_a_thread_that_ended_lives_on() {
+    let actor = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(ensemble::spawn(Hooked::fine(None)))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    // The spawning thread and its runtime are gone; a signal tied to them would have come.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(within(10, actor.send(Ping)).await.unwrap(), actor.pid(), "the child still answers");
+    within(10, actor.stop()).await.unwrap();
+}
