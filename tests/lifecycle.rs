@@ -277,15 +277,20 @@ fn killing_the_root_with_sigkill_leaves_no_descendant() {
 /// that has since ended lives on.
 #[tokio::test]
 async fn a_child_spawned_from_a_thread_that_ended_lives_on() {
-    let actor = std::thread::spawn(|| {
+    let (actor, task) = std::thread::spawn(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(ensemble::spawn(Hooked::fine(None)))
+        (
+            rt.block_on(ensemble::spawn(Hooked::fine(None))),
+            std::path::Path::new("/proc").join(std::fs::read_link("/proc/thread-self").unwrap()),
+        )
     })
     .join()
-    .unwrap()
     .unwrap();
-    // The spawning thread and its runtime are gone; a signal tied to them would have come.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let actor = actor.unwrap();
+    assert!(task.starts_with("/proc") && task.iter().count() == 5, "a task of this process: {task:?}");
+    // The thread is gone from /proc once the kernel released it, after it sent any
+    // parent-death signal: a signal tied to the thread would have come by then.
+    harness::wait_until(10, "the spawning thread released", || !task.exists()).await;
     assert_eq!(within(10, actor.send(Ping)).await.unwrap(), actor.pid(), "the child still answers");
     within(10, actor.stop()).await.unwrap();
 }
