@@ -52,9 +52,10 @@
 mod ends;
 mod index_queue;
 mod layout;
+pub(crate) mod spsc;
 mod wait;
 
-pub(crate) use ends::Exported;
 pub use ends::{channel, Consumer, CreateRingError, Producer, RingError, RingStats, Slot, SlotMut, WhenFull};
 pub use index_queue::Corrupt;
 pub use layout::GeometryError;
+pub(crate) use spsc::Exported;

@@ -215,7 +215,7 @@ fn policy_word(policy: WhenFull) -> u64 {
 
 /// This process's pid and start time (clock ticks after boot, field 22 of `/proc/PID/stat`):
 /// together they name a process for good, where a pid alone may be reused.
-fn this_process() -> (u32, u64) {
+pub(super) fn this_process() -> (u32, u64) {
     let start = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|stat| {
@@ -393,26 +393,6 @@ impl End {
         core.claim_line(role.line());
         Ok(End::new(Arc::new(core), Waiter::new(Arc::new(own)), role))
     }
-
-    /// What another process needs to take this end up: its segment's descriptor and length and
-    /// its socket (duplicates). This copy no longer closes the end when dropped.
-    fn export(&self) -> io::Result<Exported> {
-        let exported = Exported {
-            segment: self.core.memory.segment().fd().try_clone_to_owned()?,
-            segment_len: self.core.memory.segment().len() as u64,
-            socket: self.waiter.socket.try_clone()?,
-        };
-        self.moved.store(true, Ordering::SeqCst);
-        Ok(exported)
-    }
-
-    /// Takes up an end another process [exported](End::export).
-    fn import(exported: &Exported, role: Role) -> Result<End, String> {
-        let len = usize::try_from(exported.segment_len).map_err(|_| "a ring's length is out of range")?;
-        let segment = Segment::adopt(exported.segment.as_fd(), len, true).map_err(|e| e.to_string())?;
-        let own = exported.socket.try_clone().map_err(|e| e.to_string())?;
-        End::adopt(segment, own, role)
-    }
 }
 
 impl Drop for End {
@@ -440,15 +420,6 @@ struct EndWire {
     segment_len: u64,
     /// Its socket of the ring's pair.
     socket: u32,
-}
-
-/// An end on its way to another process outside a message (the transport's fast lane sets up
-/// its rings this way): duplicates of its descriptors and its segment's length.
-#[derive(Debug)]
-pub(crate) struct Exported {
-    pub segment: OwnedFd,
-    pub segment_len: u64,
-    pub socket: OwnedFd,
 }
 
 /// The producing end of a ring: one per ring, movable between processes in messages.
@@ -524,35 +495,6 @@ impl Producer {
         let mut slot = self.claim()?;
         slot[..frame.len()].copy_from_slice(frame);
         slot.commit(frame.len())
-    }
-
-    /// Hands this end to another process outside a message (see [`Exported`]).
-    pub(crate) fn export(&self) -> io::Result<Exported> {
-        let spare = self.spare.swap(NONE, Ordering::Relaxed);
-        if spare != NONE {
-            self.end.core.free().push(spare).map_err(io::Error::other)?;
-        }
-        self.end.export()
-    }
-
-    /// Takes up a producing end another process exported.
-    pub(crate) fn import(exported: &Exported) -> Result<Producer, String> {
-        let end = End::import(exported, Role::Producer)?;
-        let sequence = end.core.word(at::W_COMMITS).load(Ordering::Relaxed);
-        Ok(Producer { end, spare: AtomicU64::new(NONE), sequence, checked: Instant::now() })
-    }
-
-    /// Ready once a slot is free (it is kept for the next claim); until then the task sleeps
-    /// and is woken when the consumer gives one back.
-    pub(crate) fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RingError>> {
-        match self.poll_take(cx) {
-            Poll::Ready(Ok(index)) => {
-                self.spare.store(u64::from(index), Ordering::Relaxed);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
     }
 
     fn claim_until(&mut self, deadline: Option<Instant>) -> Result<SlotMut<'_>, RingError> {
@@ -739,71 +681,6 @@ impl Consumer {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// Takes up a consuming end another process exported.
-    pub(crate) fn import(exported: &Exported) -> Result<Consumer, String> {
-        Ok(Consumer { end: End::import(exported, Role::Consumer)?, done: false })
-    }
-
-    /// Hands this end to another process outside a message (see [`Exported`]).
-    pub(crate) fn export(&self) -> io::Result<Exported> {
-        self.end.export()
-    }
-
-    /// Sets how long a wait sleeps at most before it looks again by itself (a bound on the
-    /// cost of a lost wake-up; each such look wakes an idle process).
-    pub(crate) fn set_safety_timeout(&mut self, timeout: Duration) {
-        self.end.waiter.safety = timeout;
-    }
-
-    /// The oldest committed slot, if one is there now, or the end once the producer closed and
-    /// every slot it committed was taken: no system call.
-    pub(crate) fn take_now(&mut self) -> Result<Option<Slot>, RingError> {
-        match self.take()? {
-            Some(slot) => Ok(Some(slot)),
-            // Closed: what it committed before is read; then its end is the answer.
-            None if self.end.peer_closed() => self.last_look().map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// The end's own waiter found a slot outside its wait: the waits before it are over (see
-    /// `Waiter::settled`). Not for another reader taking slots on the end's behalf: that would
-    /// cancel the sleeping waiter's safety timer.
-    pub(crate) fn settle(&mut self) {
-        self.end.waiter.settled();
-    }
-
-    /// Whether a committed slot seems to be there (or the producer closed): for a spin.
-    pub(crate) fn looks_ready(&self) -> bool {
-        self.end.core.committed().looks_non_empty() || self.end.peer_closed()
-    }
-
-    /// Clears the "I sleep" flag: this side is awake and looking, so the producer need not ring
-    /// (a task woken by anything but the doorbell still has the flag it set before it slept;
-    /// the next sleep sets it again, with the re-check). Says whether it was set.
-    pub(crate) fn wake_up(&self) -> bool {
-        let sleeping = self.end.sleeping();
-        sleeping.load(Ordering::Relaxed) != 0 && sleeping.swap(0, Ordering::SeqCst) != 0
-    }
-
-    /// Sets the "I sleep" flag again (after [`wake_up`](Self::wake_up) said it was set), with the
-    /// re-check of Dekker's protocol: whether a frame (or the end) is there, in which case the
-    /// sleeper must be woken to take it.
-    pub(crate) fn back_to_sleep(&self) -> bool {
-        self.end.sleeping().store(1, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        self.looks_ready()
-    }
-
-    /// Fills the whole ring with 0xFF, as a buggy peer's stray write would.
-    #[cfg(test)]
-    pub(crate) fn scribble(&self) {
-        let words = self.end.core.memory.segment().len() / 8;
-        for word in self.end.core.memory.words(0, words) {
-            word.store(u64::MAX, Ordering::Relaxed);
-        }
-    }
-
     /// The producer closed or is gone: what it committed before is still taken, then the end.
     fn last_look(&mut self) -> Result<Slot, RingError> {
         self.take()?.ok_or_else(|| self.end.peer_error())
@@ -938,14 +815,6 @@ impl Slot {
 
     pub(crate) fn memory(&self) -> &RingMemory {
         &self.core.memory
-    }
-}
-
-impl Slot {
-    /// Gives the slot back now, saying whether that worked (dropping it only logs a failure).
-    pub(crate) fn release(mut self) -> Result<(), Corrupt> {
-        self.released = true;
-        self.core.release(self.index, &self.socket)
     }
 }
 

@@ -55,6 +55,40 @@ impl RingMemory {
     }
 }
 
+impl RingMemory {
+    /// Copies `bytes` into the segment at byte `offset`: a slot the caller's protocol lent to
+    /// this process alone (the lane's producer, for a slot the consumer released).
+    ///
+    /// # Panics
+    /// When the range is outside the segment.
+    pub(crate) fn copy_in(&self, offset: usize, bytes: &[u8]) {
+        let ptr = self.buffer_ptr(offset, bytes.len());
+        // SAFETY: the range is inside the mapping (checked by `buffer_ptr`), which is shared and
+        // writable, and `bytes` is a slice of this process's own memory, so the two cannot
+        // overlap. A correct peer does not read these bytes until they are published; a broken
+        // one reads plain bytes, which have no validity invariant.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len()) }
+    }
+
+    /// Copies `len` bytes out of the segment from byte `offset` into a new vector.
+    ///
+    /// # Panics
+    /// When the range is outside the segment.
+    pub(crate) fn copy_out(&self, offset: usize, len: usize) -> Vec<u8> {
+        let ptr = self.buffer_ptr(offset, len);
+        let mut bytes = Vec::with_capacity(len);
+        // SAFETY: the range is inside the mapping (checked by `buffer_ptr`); the vector has room
+        // for `len` bytes and is this process's own memory, so the two cannot overlap. Every
+        // byte is written before `set_len`. A broken peer may change the source while it is
+        // copied: the copy then holds garbage, which the caller decodes as untrusted input.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr, bytes.as_mut_ptr(), len);
+            bytes.set_len(len);
+        }
+        bytes
+    }
+}
+
 impl Deref for Slot {
     type Target = [u8];
 
@@ -106,6 +140,19 @@ mod tests {
         memory.words(3, 2)[1].store(42, Ordering::SeqCst);
         let again = RingMemory::new(segment).unwrap();
         assert_eq!(again.words(4, 1)[0].load(Ordering::SeqCst), 42);
+    }
+
+    #[test]
+    fn bytes_copied_in_are_read_back_through_another_mapping() {
+        let segment = Segment::create(4096).unwrap();
+        RingMemory::new(Arc::clone(&segment)).unwrap().copy_in(100, b"lane");
+        assert_eq!(RingMemory::new(segment).unwrap().copy_out(99, 6), b"\0lane\0");
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn a_copy_past_the_end_is_refused() {
+        RingMemory::new(Segment::create(4096).unwrap()).unwrap().copy_out(4000, 97);
     }
 
     #[test]

@@ -29,7 +29,8 @@
 //! What a peer writes into the ring is input like any other: a slot length past the slot, an
 //! index out of range or a frame that does not decode is a protocol error, never a crash.
 
-use crate::ring::{self, Consumer, Exported, Producer, RingError, Slot, WhenFull};
+use crate::ring::spsc::{self, Consumer, Producer};
+use crate::ring::{self, Exported, RingError};
 use crate::sys;
 use crate::transport::framing::ProtocolError;
 use crate::transport::link::ReadError;
@@ -159,8 +160,8 @@ impl Offer {
 /// Makes a lane's two rings: the offer for the child, and the parent's ends (its producer of
 /// the parent-to-child ring, its consumer of the other).
 pub(crate) fn create(config: LaneConfig) -> Result<(Offer, Producer, Consumer), LaneError> {
-    let (to_child, child_reads) = ring::channel(config.slots, config.slot_size, WhenFull::Block)?;
-    let (child_writes, from_child) = ring::channel(config.slots, config.slot_size, WhenFull::Block)?;
+    let (to_child, mut child_reads) = spsc::channel(config.slots, config.slot_size)?;
+    let (mut child_writes, from_child) = spsc::channel(config.slots, config.slot_size)?;
     let offer = Offer { consumer: child_reads.export()?, producer: child_writes.export()? };
     Ok((offer, to_child, from_child))
 }
@@ -259,7 +260,7 @@ impl LaneRx {
     /// that exited).
     pub(crate) fn take_now(&mut self) -> Result<Option<Item>, ReadError> {
         match self.consumer.take_now() {
-            Ok(Some(slot)) => self.item(slot).map(Some),
+            Ok(Some(frame)) => Ok(Some(self.item(frame))),
             Ok(None) => Ok(None),
             Err(e) => Err(read_error(e)),
         }
@@ -272,10 +273,10 @@ impl LaneRx {
         let mut looks = 0;
         loop {
             match self.consumer.take_now() {
-                Ok(Some(slot)) => {
+                Ok(Some(frame)) => {
                     self.consumer.settle();
                     self.spin.found();
-                    return Poll::Ready(self.item(slot));
+                    return Poll::Ready(Ok(self.item(frame)));
                 }
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(read_error(e))),
@@ -298,9 +299,9 @@ impl LaneRx {
                 self.spin.hot = false;
             }
             return match self.consumer.poll_recv(cx) {
-                Poll::Ready(Ok(slot)) => {
+                Poll::Ready(Ok(frame)) => {
                     self.spin.found();
-                    Poll::Ready(self.item(slot))
+                    Poll::Ready(Ok(self.item(frame)))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(read_error(e))),
                 Poll::Pending => {
@@ -316,17 +317,14 @@ impl LaneRx {
         &self.consumer
     }
 
-    /// What a slot holds; the slot goes back at once (a peer that makes that fail broke the
-    /// protocol: only logging it would let it stall this thread again and again).
-    fn item(&mut self, slot: Slot) -> Result<Item, ReadError> {
-        let item = if slot.is_empty() {
+    /// What a frame taken from the ring is: an empty one is a marker.
+    fn item(&mut self, frame: Vec<u8>) -> Item {
+        if frame.is_empty() {
             self.owed += 1;
             Item::Marker
         } else {
-            Item::Frame(slot.to_vec())
-        };
-        slot.release().map_err(|corrupt| ReadError::Protocol(ProtocolError::Lane(corrupt.to_string())))?;
-        Ok(item)
+            Item::Frame(frame)
+        }
     }
 }
 
@@ -485,10 +483,10 @@ mod tests {
         let (offer, mut to_child, mut from_child) = create(LaneConfig { slots: 4, slot_size: 64 }).unwrap();
         let (body, fds) = offer.encode();
         let (mut child_reads, mut child_writes) = Offer::accept(&body, fds).unwrap();
-        to_child.send(b"down").unwrap();
-        child_writes.send(b"up").unwrap();
-        assert_eq!(&*child_reads.recv().unwrap(), b"down");
-        assert_eq!(&*from_child.recv().unwrap(), b"up");
+        assert!(to_child.try_send(b"down").unwrap());
+        assert!(child_writes.try_send(b"up").unwrap());
+        assert_eq!(child_reads.recv_timeout(Duration::from_secs(5)).unwrap(), b"down");
+        assert_eq!(from_child.recv_timeout(Duration::from_secs(5)).unwrap(), b"up");
         let error = Offer::accept(&body[..8], Vec::new()).map(|_| ()).unwrap_err();
         assert!(error.to_string().contains("fast lane: an offer"), "{error}");
     }

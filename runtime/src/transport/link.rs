@@ -3,7 +3,8 @@
 
 use super::framing::{self, Layout, Limits, ProtocolError, HEADER_LEN};
 use super::lane::{self, Item, LaneConfig, LaneError, LaneRx, LaneStats, SpinFor};
-use crate::ring::{Producer, RingError};
+use crate::ring::spsc::Producer;
+use crate::ring::RingError;
 use crate::sys::memfd::{self, BodyWriter};
 use crate::sys::reactor::{self, Owner};
 use crate::sys::socket;
@@ -479,14 +480,13 @@ impl Link {
             };
         }
         let producer = lane.as_mut().expect("a lane route is only taken with a lane");
-        let Some(mut slot) = producer.try_claim().map_err(ring_send_error)? else { return Ok(false) };
         if datagram.route == Route::Ring {
-            let len = datagram.inline.len();
-            slot[..len].copy_from_slice(&datagram.inline);
-            slot.commit(len).map_err(ring_send_error)?;
-            return Ok(true);
+            return producer.try_send(&datagram.inline).map_err(ring_send_error);
         }
-        slot.commit(0).map_err(ring_send_error)?;
+        // The marker: an empty frame.
+        if !producer.try_send(&[]).map_err(ring_send_error)? {
+            return Ok(false);
+        }
         datagram.route = Route::Socket;
         // The marker is in: the frame must follow, or the reader would take the next socket
         // frame in its place. A socket that refuses it for good breaks the connection.
@@ -610,9 +610,7 @@ impl Link {
             }
             let mut out = self.lock();
             let producer = out.lane.as_mut().expect("a full ring means a lane");
-            // A slot dropped uncommitted goes to the next claim: the flush's.
-            let claimed = producer.claim_timeout(wait).map(drop);
-            match claimed {
+            match producer.wait_room(wait) {
                 Ok(()) | Err(RingError::TimedOut) => {}
                 Err(e) => return Err(ring_send_error(e)),
             }
