@@ -61,7 +61,10 @@ const SLOTS_AT: usize = 4096;
 /// A slot's header: its stamp and its length.
 const SLOT_HEADER: usize = 16;
 
-/// How often a producer that never has to wait looks whether its consumer is gone.
+/// How often a producer that never has to wait looks whether its consumer is gone: every so
+/// many frames, if this long has passed (a clock read per frame would cost more than the
+/// rest of a send).
+const LIVENESS_FRAMES: u64 = 64;
 const LIVENESS_EVERY: Duration = Duration::from_millis(100);
 
 /// An end on its way to another process outside a message (the fast lane's offer): duplicates of its descriptors and its segment's length.
@@ -72,7 +75,8 @@ pub(crate) struct Exported {
     pub socket: OwnedFd,
 }
 
-/// Where everything is in a ring of a checked [`Geometry`].
+/// Where everything is in a ring of a checked [`Geometry`] whose slot count is a power of two
+/// (so a position's slot is a mask away, not a division).
 #[derive(Debug, Clone, Copy)]
 struct Shape {
     slots: u64,
@@ -80,8 +84,11 @@ struct Shape {
 }
 
 impl Shape {
-    fn new(geometry: Geometry) -> Shape {
-        Shape { slots: geometry.buffers as u64, slot_size: geometry.slot_size }
+    fn new(geometry: Geometry) -> Result<Shape, String> {
+        if !geometry.buffers.is_power_of_two() {
+            return Err(format!("a lane ring's slot count must be a power of two, not {}", geometry.buffers));
+        }
+        Ok(Shape { slots: geometry.buffers as u64, slot_size: geometry.slot_size })
     }
 
     fn stride(&self) -> usize {
@@ -94,7 +101,7 @@ impl Shape {
 
     /// Byte offset of the slot that carries frame number `position`.
     fn slot(&self, position: u64) -> usize {
-        SLOTS_AT + (position % self.slots) as usize * self.stride()
+        SLOTS_AT + (position & (self.slots - 1)) as usize * self.stride()
     }
 
     /// The stamp of the slot of frame `position` while that frame is not published yet.
@@ -121,7 +128,7 @@ impl Core {
     }
 
     fn create(geometry: Geometry) -> Result<Core, CreateRingError> {
-        let shape = Shape::new(geometry);
+        let shape = Shape::new(geometry).expect("`channel` rounds the slot count up to a power of two");
         let segment = Segment::create(shape.segment_len())?;
         let memory = RingMemory::new(segment).expect("a created segment is writable");
         let core = Core { memory, shape };
@@ -146,7 +153,7 @@ impl Core {
         }
         let geometry =
             Geometry::new(word(W_SLOTS) as usize, word(W_SLOT_SIZE) as usize).map_err(|e| e.to_string())?;
-        let shape = Shape::new(geometry);
+        let shape = Shape::new(geometry)?;
         if shape.segment_len() > memory.segment().len() {
             return Err("the ring's shape does not fit its segment".into());
         }
@@ -168,9 +175,11 @@ fn claim_line(core: &Core, line: usize) {
     core.word(line + at::S_START).store(start, Ordering::Release);
 }
 
-/// Makes a ring of `slots` slots of `slot_size` bytes each and returns its two ends.
+/// Makes a ring of at least `slots` slots (the next power of two) of `slot_size` bytes each
+/// and returns its two ends.
 pub(crate) fn channel(slots: usize, slot_size: usize) -> Result<(Producer, Consumer), CreateRingError> {
-    let geometry = Geometry::new(slots, slot_size)?;
+    Geometry::new(slots, slot_size)?;
+    let geometry = Geometry::new(slots.next_power_of_two(), slot_size)?;
     let producer_core = Core::create(geometry)?;
     let consumer_core = Core {
         memory: RingMemory::new(Arc::clone(producer_core.memory.segment())).expect("writable"),
@@ -416,7 +425,7 @@ impl Producer {
         if self.end.peer_closed() {
             return Err(self.end.peer_error());
         }
-        if self.checked.elapsed() >= LIVENESS_EVERY {
+        if self.position % LIVENESS_FRAMES == 0 && self.checked.elapsed() >= LIVENESS_EVERY {
             self.checked = Instant::now();
             if self.end.waiter.peer_hung_up() {
                 return Err(self.end.peer_error());
@@ -749,5 +758,41 @@ mod tests {
         let sent = sender.join().unwrap();
         assert_eq!(sent.lost_wakeups + consumer.stats().lost_wakeups, 0);
         assert!(matches!(consumer.recv_timeout(Duration::from_secs(5)), Err(RingError::Closed { .. })));
+    }
+}
+
+#[cfg(test)]
+mod pingpong {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn pingpong() {
+        let (mut to_b, mut b_in) = channel(64, 4032).unwrap();
+        let (mut to_a, mut a_in) = channel(64, 4032).unwrap();
+        let n = 200_000;
+        let t = std::thread::spawn(move || {
+            crate::sys::pin_to_cpu(1).unwrap();
+            for _ in 0..n {
+                let f = loop {
+                    if let Some(f) = b_in.take_now().unwrap() { break f; }
+                    std::hint::spin_loop();
+                };
+                while !to_a.try_send(&f).unwrap() {}
+            }
+        });
+        crate::sys::pin_to_cpu(0).unwrap();
+        let frame = [7u8; 80];
+        let start = Instant::now();
+        for _ in 0..n {
+            while !to_b.try_send(&frame).unwrap() {}
+            loop {
+                if let Some(_f) = a_in.take_now().unwrap() { break; }
+                std::hint::spin_loop();
+            }
+        }
+        let per = start.elapsed() / n;
+        t.join().unwrap();
+        eprintln!("spsc round trip: {per:?}");
     }
 }
