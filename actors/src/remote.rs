@@ -252,11 +252,10 @@ impl<A: ProcessActor> Remote<A> {
         M: RemoteMessage,
     {
         // Not delivered: the process is exiting; the call fails with how it ended.
-        let meter = self.meter();
         self.send_or_return(msg).unwrap_or_else(|_| Call {
             state: CallState::Undelivered(Box::pin(self.connection.exited()), Arc::clone(&self.connection)),
             deadline: Deadline::default(),
-            meter: Some(meter),
+            meter: Some(self.meter()),
         })
     }
 

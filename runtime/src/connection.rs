@@ -32,6 +32,7 @@ use crate::wire::{self, Failure, ToChild, ToParent, WireError};
 use futures_channel::{mpsc, oneshot};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
@@ -219,13 +220,41 @@ enum Home {
     Io,
 }
 
+/// A map keyed by call id.
+type ById<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// Hashes call ids: a counter this process picks itself, so a multiply that spreads them over
+/// the table is enough (SipHash's defence against chosen keys costs more than the rest of the
+/// lookup, on every call).
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(FIBONACCI);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0 ^ id).wrapping_mul(FIBONACCI);
+    }
+}
+
+/// 2^64 divided by the golden ratio: consecutive ids land far apart.
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
+
 #[derive(Debug, Default)]
 struct State {
     next_id: u64,
-    pending: HashMap<u64, oneshot::Sender<Result<Body, CallFailure>>>,
+    pending: ById<oneshot::Sender<Result<Body, CallFailure>>>,
     /// Where each pending call was made (when that says anything): the child's log lines for
     /// the call are re-emitted there.
-    spans: HashMap<u64, crate::logs::Origin>,
+    spans: ById<crate::logs::Origin>,
     stopping: bool,
     broken: Option<ProtocolError>,
     exit: Option<ExitInfo>,
@@ -765,11 +794,9 @@ impl PendingCall {
         let Ok(reading) = core.reading.lock.try_lock() else { return };
         // One spin per call, on its first poll; later polls (spurious, or a `join` of many)
         // only take what is there.
-        let budget = match std::mem::replace(&mut self.spun, true) {
-            false => link.lane_spin_budget().unwrap_or_default(),
-            true => Duration::ZERO,
-        };
-        let was_sleeping = link.lane_reader_looks();
+        let first = !std::mem::replace(&mut self.spun, true);
+        let (was_sleeping, budget) = link.lane_reader_looks(first);
+        let budget = budget.unwrap_or_default();
         let start = std::time::Instant::now();
         let mut looks = 0u32;
         loop {
@@ -799,7 +826,7 @@ impl PendingCall {
         }
         // The driver sleeps as it did, unless something came that it must read (in the ring,
         // or on the socket where a marker we took points).
-        let wake = (was_sleeping && link.lane_reader_sleeps_again()) || link.lane_owes_socket_frame();
+        let wake = link.lane_reader_done(was_sleeping);
         drop(reading);
         if wake {
             if let Some(driver) = core.reading.driver.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -813,10 +840,13 @@ impl Future for PendingCall {
     type Output = Result<Body, CallFailure>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(result) = self.poll_reply(cx) {
-            return Poll::Ready(result);
+        // The reply may be in already; if not, and this caller finds it while it looks, no
+        // waker was registered to be woken for nothing.
+        match self.rx.try_recv() {
+            Ok(Some(result)) => return Poll::Ready(result),
+            Ok(None) => self.look_for_reply(),
+            Err(oneshot::Canceled) => {}
         }
-        self.look_for_reply();
         self.poll_reply(cx)
     }
 }

@@ -372,16 +372,22 @@ impl Link {
 
     /// Someone other than the sleeping reader looks at the fast lane for a while (a caller
     /// waiting for its reply, holding the connection's read lock): the peer need not ring
-    /// meanwhile. Returns whether the reader's "I sleep" flag was set; if so, give it back with
-    /// [`lane_reader_sleeps_again`](Self::lane_reader_sleeps_again) when done.
-    pub fn lane_reader_looks(&self) -> bool {
-        self.lock_rx().as_ref().is_some_and(LaneRx::wake_up)
+    /// meanwhile. Returns whether the reader's "I sleep" flag was set (give it back with
+    /// [`lane_reader_done`](Self::lane_reader_done)), and, when `spin`, how long the caller
+    /// may spin (`None`: no lane, or spinning cannot pay; see [`lane`](super::lane)).
+    pub fn lane_reader_looks(&self, spin: bool) -> (bool, Option<Duration>) {
+        let mut rx = self.lock_rx();
+        let Some(lane) = rx.as_mut() else { return (false, None) };
+        (lane.wake_up(), if spin { lane.spin_budget() } else { Some(Duration::ZERO) })
     }
 
-    /// Sets the sleeping reader's flag again; whether a frame came meanwhile (then the reader
-    /// must be woken).
-    pub fn lane_reader_sleeps_again(&self) -> bool {
-        self.lock_rx().as_ref().is_some_and(LaneRx::back_to_sleep)
+    /// The caller is done looking: sets the sleeping reader's flag again if it was set
+    /// (`was_sleeping`). Whether the reader must be woken: a frame came meanwhile, or a marker
+    /// was taken whose frame is still on the socket.
+    pub fn lane_reader_done(&self, was_sleeping: bool) -> bool {
+        let rx = self.lock_rx();
+        let Some(lane) = rx.as_ref() else { return false };
+        (was_sleeping && lane.back_to_sleep()) || lane.owes_socket_frame()
     }
 
     /// Whether the fast lane's ring seems to hold a frame not read yet.
@@ -393,16 +399,6 @@ impl Link {
         }
     }
 
-    /// How long a caller may spin for its reply on the fast lane (`None`: no lane, or spinning
-    /// cannot pay; see [`lane`](super::lane)).
-    pub fn lane_spin_budget(&self) -> Option<Duration> {
-        self.lock_rx().as_mut().and_then(LaneRx::spin_budget)
-    }
-
-    /// Whether the lane's reader took a marker whose frame is still to be read from the socket.
-    pub fn lane_owes_socket_frame(&self) -> bool {
-        self.lock_rx().as_ref().is_some_and(LaneRx::owes_socket_frame)
-    }
 
     /// Whether this side sends through a fast lane.
     pub fn has_lane(&self) -> bool {
