@@ -425,7 +425,7 @@ impl Producer {
         if self.end.peer_closed() {
             return Err(self.end.peer_error());
         }
-        if self.position % LIVENESS_FRAMES == 0 && self.checked.elapsed() >= LIVENESS_EVERY {
+        if self.position.is_multiple_of(LIVENESS_FRAMES) && self.checked.elapsed() >= LIVENESS_EVERY {
             self.checked = Instant::now();
             if self.end.waiter.peer_hung_up() {
                 return Err(self.end.peer_error());
