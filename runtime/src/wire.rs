@@ -466,6 +466,31 @@ mod tests {
     }
 
     #[test]
+    fn a_handle_is_adopted_from_its_descriptor_and_refused_without_it() {
+        use crate::shm::{SegmentError, SharedSliceMut};
+        let slice = SharedSliceMut::<u8>::from_slice(b"in shared memory").unwrap();
+        let encoded = encode(&ToChild::Cast { tag: 1 }, &slice).unwrap();
+        assert_eq!(encoded.holds.len(), 1);
+        let (_, body) = decode::<ToChild>(encoded.frame.inline().unwrap()).unwrap();
+        let fd = || encoded.holds[0].fd().try_clone_to_owned().unwrap();
+        let missing = SegmentError::MissingDescriptor.to_string();
+        let error = decode_body::<SharedSliceMut<u8>>(body).unwrap_err().to_string();
+        assert!(error.contains(&missing), "{error}");
+        // With its descriptor, even while a frame without any is being decoded.
+        let (adopted, bare) = transfer::receiving_counted(Vec::new(), || {
+            let adopted = decode_body_with::<SharedSliceMut<u8>>(body, vec![fd()]).unwrap();
+            (adopted, decode_body::<SharedSliceMut<u8>>(body).map(drop))
+        })
+        .0;
+        assert_eq!(&adopted[..], b"in shared memory");
+        assert!(bare.unwrap_err().to_string().contains(&missing));
+        // And without, while a frame with descriptors is being decoded.
+        let nested =
+            transfer::receiving_counted(vec![fd()], || decode_body::<SharedSliceMut<u8>>(body).map(drop)).0;
+        assert!(nested.unwrap_err().to_string().contains(&missing));
+    }
+
+    #[test]
     fn lengths_that_lie_are_errors_not_allocations() {
         // A string, a byte vector and a vector of strings claiming about a terabyte each.
         let claim = (1u64 << 40).to_le_bytes();

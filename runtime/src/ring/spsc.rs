@@ -775,7 +775,9 @@ mod pingpong {
             crate::sys::pin_to_cpu(1).unwrap();
             for _ in 0..n {
                 let f = loop {
-                    if let Some(f) = b_in.take_now().unwrap() { break f; }
+                    if let Some(f) = b_in.take_now().unwrap() {
+                        break f;
+                    }
                     std::hint::spin_loop();
                 };
                 while !to_a.try_send(&f).unwrap() {}
@@ -787,7 +789,9 @@ mod pingpong {
         for _ in 0..n {
             while !to_b.try_send(&frame).unwrap() {}
             loop {
-                if let Some(_f) = a_in.take_now().unwrap() { break; }
+                if let Some(_f) = a_in.take_now().unwrap() {
+                    break;
+                }
                 std::hint::spin_loop();
             }
         }

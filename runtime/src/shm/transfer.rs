@@ -10,7 +10,7 @@
 //! bytes alone, with no descriptor, is refused ([`SegmentError::MissingDescriptor`]).
 
 use crate::shm::segment::{Segment, SegmentError};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -39,8 +39,11 @@ impl Held for OwnedFd {
 pub type Hold = Arc<dyn Held>;
 
 thread_local! {
-    static OUTGOING: RefCell<Option<Vec<Hold>>> = const { RefCell::new(None) };
+    static OUTGOING: Cell<Option<Vec<Hold>>> = const { Cell::new(None) };
     static INCOMING: RefCell<Option<Incoming>> = const { RefCell::new(None) };
+    /// A frame without descriptors is being decoded (most are): every handle in it misses its
+    /// descriptor. Cheaper to set than `INCOMING`; a decode with descriptors clears it.
+    static BARE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The descriptors of a frame being decoded, and the segments adopted from them.
@@ -55,9 +58,9 @@ struct Incoming {
 /// Runs `encode` and returns what it produced with the holds of the handles it serialized, in
 /// the order of their indexes: attach their descriptors to the frame in that order.
 pub(crate) fn collecting_holds<R>(encode: impl FnOnce() -> R) -> (R, Vec<Hold>) {
-    let outer = OUTGOING.with(|o| o.replace(Some(Vec::new())));
+    let outer = OUTGOING.replace(Some(Vec::new()));
     let result = encode();
-    let holds = OUTGOING.with(|o| o.replace(outer)).unwrap_or_default();
+    let holds = OUTGOING.replace(outer).unwrap_or_default();
     (result, holds)
 }
 
@@ -72,10 +75,18 @@ pub(crate) fn receiving<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R,
 /// As [`receiving`], and also the number of the frame's descriptors that no handle named (a
 /// sender attaches exactly the descriptors its handles name: more is a broken peer).
 pub(crate) fn receiving_counted<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R, usize, usize) {
+    if fds.is_empty() {
+        let outer = BARE.replace(true);
+        let result = decode();
+        BARE.set(outer);
+        return (result, 0, 0);
+    }
     let adopted = fds.iter().map(|_| None).collect();
     let named = vec![false; fds.len()];
     let outer = INCOMING.with(|i| i.replace(Some(Incoming { fds, adopted, named, count: 0 })));
+    let bare = BARE.replace(false);
     let result = decode();
+    BARE.set(bare);
     let incoming = INCOMING.with(|i| i.replace(outer));
     let opened = incoming.as_ref().map_or(0, |i| i.count);
     let unnamed = incoming.map_or(0, |i| i.named.iter().filter(|named| !**named).count());
@@ -91,25 +102,25 @@ pub(crate) fn hold(segment: &Arc<Segment>) -> Result<u32, SegmentError> {
 /// As [`hold`], for any descriptor: a ring's, a lock's, a queue's. One held thing appears once
 /// among a frame's descriptors however many handles name it.
 pub(crate) fn hold_any(held: Hold) -> Result<u32, SegmentError> {
-    OUTGOING.with(|o| match o.borrow_mut().as_mut() {
-        Some(holds) => {
-            let same = |h: &Hold| std::ptr::addr_eq(Arc::as_ptr(h), Arc::as_ptr(&held));
-            let index = match holds.iter().position(same) {
-                Some(index) => index,
-                None => {
-                    holds.push(held);
-                    holds.len() - 1
-                }
-            };
-            Ok(index as u32)
+    let Some(mut holds) = OUTGOING.take() else { return Err(SegmentError::OutsideMessage) };
+    let same = |h: &Hold| std::ptr::addr_eq(Arc::as_ptr(h), Arc::as_ptr(&held));
+    let index = match holds.iter().position(same) {
+        Some(index) => index,
+        None => {
+            holds.push(held);
+            holds.len() - 1
         }
-        None => Err(SegmentError::OutsideMessage),
-    })
+    };
+    OUTGOING.set(Some(holds));
+    Ok(index as u32)
 }
 
 /// Called by the `Deserialize` of a handle that is not a segment: a descriptor of its own for
 /// the one at `index` among the frame's, counted as a handle received.
 pub(crate) fn open_fd(index: u32) -> Result<OwnedFd, SegmentError> {
+    if BARE.get() {
+        return Err(SegmentError::MissingDescriptor);
+    }
     INCOMING.with(|i| {
         let mut incoming = i.borrow_mut();
         let incoming = incoming.as_mut().ok_or(SegmentError::OutsideMessage)?;
@@ -125,6 +136,9 @@ pub(crate) fn open_fd(index: u32) -> Result<OwnedFd, SegmentError> {
 /// least `len` bytes, mapped writable or read-only. Two handles of one segment in a frame (two
 /// parts of an array) share one mapping.
 pub(crate) fn open(index: u32, len: usize, writable: bool) -> Result<Arc<Segment>, SegmentError> {
+    if BARE.get() {
+        return Err(SegmentError::MissingDescriptor);
+    }
     INCOMING.with(|i| {
         let mut incoming = i.borrow_mut();
         let incoming = incoming.as_mut().ok_or(SegmentError::OutsideMessage)?;

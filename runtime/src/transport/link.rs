@@ -226,7 +226,35 @@ impl FrameBuf {
 }
 
 impl Write for FrameBuf {
+    // A frame is encoded a few bytes at a time (bincode writes each field): the common case,
+    // a frame that stays in memory and under the limit, is a bounds check and a copy.
+    #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let len = self.len + buf.len() as u64;
+        if let Spill::Inline(bytes) = &mut self.inner {
+            if len <= self.inline_max.min(self.limit) as u64 {
+                bytes.extend_from_slice(buf);
+                self.len = len;
+                return Ok(buf.len());
+            }
+        }
+        self.write_slow(buf)
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write(buf).map(drop)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FrameBuf {
+    /// A write past what stays in memory, or past the limit.
+    #[cold]
+    fn write_slow(&mut self, buf: &[u8]) -> io::Result<usize> {
         let len = self.len + buf.len() as u64;
         if len > self.limit as u64 {
             self.over_limit = true;
@@ -241,10 +269,6 @@ impl Write for FrameBuf {
         }
         self.len = len;
         Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -398,7 +422,6 @@ impl Link {
             Err(_) => false,
         }
     }
-
 
     /// Whether this side sends through a fast lane.
     pub fn has_lane(&self) -> bool {
