@@ -38,7 +38,7 @@ use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
@@ -220,6 +220,63 @@ enum Home {
     Io,
 }
 
+/// A call in `State::pending`: a slot rather than a channel, since its reply comes under the
+/// state's lock anyway (a channel would add an allocation and a dozen atomic operations to
+/// every call).
+#[derive(Debug)]
+enum Awaiting {
+    /// No reply yet; the caller's task to wake when it comes.
+    Reply(Option<Waker>),
+    /// The reply, or why there will be none.
+    Done(Result<Body, CallFailure>),
+}
+
+impl State {
+    fn await_reply(&mut self, id: u64) {
+        self.pending.insert(id, Awaiting::Reply(None));
+        self.awaiting += 1;
+    }
+
+    /// Records the outcome of call `id`, if its caller still waits; the task to wake.
+    fn complete(&mut self, id: u64, outcome: Result<Body, CallFailure>) -> Option<Waker> {
+        let slot = self.pending.get_mut(&id)?;
+        match std::mem::replace(slot, Awaiting::Done(outcome)) {
+            Awaiting::Reply(waker) => {
+                self.awaiting -= 1;
+                waker
+            }
+            // A second reply to one call: the first stands.
+            done @ Awaiting::Done(_) => {
+                *slot = done;
+                None
+            }
+        }
+    }
+
+    /// Fails every call still waiting; the tasks to wake.
+    fn fail_all(&mut self, failure: &CallFailure) -> Vec<Waker> {
+        let mut wakers = Vec::new();
+        for slot in self.pending.values_mut() {
+            if let Awaiting::Reply(waker) = slot {
+                wakers.extend(waker.take());
+                *slot = Awaiting::Done(Err(failure.clone()));
+            }
+        }
+        self.awaiting = 0;
+        wakers
+    }
+
+    /// The caller forgets call `id` (it took the outcome, or dropped the call).
+    fn forget(&mut self, id: u64) -> Option<Awaiting> {
+        let slot = self.pending.remove(&id)?;
+        if matches!(slot, Awaiting::Reply(_)) {
+            self.awaiting -= 1;
+        }
+        self.spans.remove(&id);
+        Some(slot)
+    }
+}
+
 /// A map keyed by call id.
 type ById<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
@@ -251,7 +308,10 @@ const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
 #[derive(Debug, Default)]
 struct State {
     next_id: u64,
-    pending: ById<oneshot::Sender<Result<Body, CallFailure>>>,
+    /// The calls sent and not yet collected by their callers.
+    pending: ById<Awaiting>,
+    /// How many of them wait for their reply (the rest hold it, or why there is none).
+    awaiting: usize,
     /// Where each pending call was made (when that says anything): the child's log lines for
     /// the call are re-emitted there.
     spans: ById<crate::logs::Origin>,
@@ -306,19 +366,18 @@ impl Connection {
     /// [`CallFailure::NotDelivered`] when the child's end is already closed;
     /// [`CallFailure::Encode`] or [`CallFailure::TooLarge`] when `body` does not encode.
     pub fn call<B: Serialize + ?Sized>(&self, tag: u32, body: &B) -> Result<PendingCall, CallFailure> {
-        let (tx, rx) = oneshot::channel();
         let id = {
             let mut state = self.core.lock();
             state.usable()?;
             state.next_id += 1;
             let id = state.next_id;
-            state.pending.insert(id, tx);
+            state.await_reply(id);
             if let Some(origin) = crate::logs::Origin::here() {
                 state.spans.insert(id, origin);
             }
             id
         };
-        let pending = PendingCall { id, rx, core: Arc::clone(&self.core), spun: false };
+        let pending = PendingCall { id, core: Arc::clone(&self.core), spun: false };
         match self.core.outbox.send(&ToChild::Call { id, tag }, body, Admission::Bounded) {
             Ok(()) => {
                 watchdog::call_made();
@@ -513,11 +572,11 @@ impl Core {
                 "the child broke the protocol and is killed: {error}"
             );
             state.broken = Some(error.clone());
-            std::mem::take(&mut state.pending)
+            state.fail_all(&CallFailure::Protocol(error))
         };
         self.process.kill();
-        for (_, tx) in pending {
-            let _ = tx.send(Err(CallFailure::Protocol(error.clone())));
+        for waker in pending {
+            waker.wake();
         }
     }
 
@@ -566,13 +625,13 @@ impl Core {
             }
         };
         // A reply to a call nobody waits for any more (dropped, timed out) is discarded.
-        let sender = {
+        let waker = {
             let mut state = self.lock();
             state.spans.remove(&id);
-            state.pending.remove(&id)
+            state.complete(id, result)
         };
-        if let Some(tx) = sender {
-            let _ = tx.send(result);
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
@@ -592,20 +651,16 @@ impl Core {
     fn finish(&self, exit: ExitInfo) {
         self.outbox.abandon_all();
         self.closed_by_child();
-        let (pending, waiters, broken) = {
+        let (pending, waiters) = {
             let mut state = self.lock();
             state.exit = Some(exit.clone());
             state.spans.clear();
-            (
-                std::mem::take(&mut state.pending),
-                std::mem::take(&mut state.exit_waiters),
-                state.broken.clone(),
-            )
-        };
-        for (_, tx) in pending {
             let failure =
-                broken.clone().map_or_else(|| CallFailure::Exited(exit.clone()), CallFailure::Protocol);
-            let _ = tx.send(Err(failure));
+                state.broken.clone().map_or_else(|| CallFailure::Exited(exit.clone()), CallFailure::Protocol);
+            (state.fail_all(&failure), std::mem::take(&mut state.exit_waiters))
+        };
+        for waker in pending {
+            waker.wake();
         }
         for tx in waiters {
             let _ = tx.send(exit.clone());
@@ -714,7 +769,7 @@ fn poll_connection(
             *stored = Some(cx.waker().clone());
         }
         drop(stored);
-        !core.lock().pending.is_empty()
+        core.lock().awaiting > 0
     };
     let spin = if expecting { crate::transport::SpinFor::Reply } else { crate::transport::SpinFor::Nothing };
     match driver.poll_frame_spinning(cx, spin) {
@@ -774,7 +829,6 @@ async fn reap(core: &Core) -> ExitInfo {
 #[derive(Debug)]
 pub struct PendingCall {
     id: u64,
-    rx: oneshot::Receiver<Result<Body, CallFailure>>,
     core: Arc<Core>,
     /// The caller has spun for the reply once (later polls only take what is there).
     spun: bool,
@@ -809,7 +863,7 @@ impl PendingCall {
                 Ok(Some(frame)) => {
                     core.route(frame);
                     let state = core.lock();
-                    if state.broken.is_some() || !state.pending.contains_key(&self.id) {
+                    if !matches!(state.pending.get(&self.id), Some(Awaiting::Reply(_))) {
                         break;
                     }
                 }
@@ -842,33 +896,40 @@ impl Future for PendingCall {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // The reply may be in already; if not, and this caller finds it while it looks, no
         // waker was registered to be woken for nothing.
-        match self.rx.try_recv() {
-            Ok(Some(result)) => return Poll::Ready(result),
-            Ok(None) => self.look_for_reply(),
-            Err(oneshot::Canceled) => {}
+        if let Poll::Ready(outcome) = self.outcome(None) {
+            return Poll::Ready(outcome);
         }
-        self.poll_reply(cx)
+        self.look_for_reply();
+        self.outcome(Some(cx))
     }
 }
 
 impl PendingCall {
-    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<Body, CallFailure>> {
-        match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Ready(Ok(result)) => Poll::Ready(result),
-            // The driver drops senders only after it recorded the exit or the violation.
-            Poll::Ready(Err(_)) => {
-                Poll::Ready(Err(self.core.lock().usable().err().unwrap_or(CallFailure::Stopping)))
+    /// The call's outcome if it is in; else registers `cx` (if given) to be woken when it is.
+    fn outcome(&mut self, cx: Option<&mut Context<'_>>) -> Poll<Result<Body, CallFailure>> {
+        let mut state = self.core.lock();
+        match state.pending.get_mut(&self.id) {
+            Some(Awaiting::Reply(waker)) => {
+                if let Some(cx) = cx {
+                    if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *waker = Some(cx.waker().clone());
+                    }
+                }
+                Poll::Pending
             }
-            Poll::Pending => Poll::Pending,
+            Some(Awaiting::Done(_)) => match state.forget(self.id) {
+                Some(Awaiting::Done(outcome)) => Poll::Ready(outcome),
+                _ => unreachable!("the slot was looked at under this lock"),
+            },
+            // Collected already (polled after it resolved).
+            None => Poll::Ready(Err(state.usable().err().unwrap_or(CallFailure::Stopping))),
         }
     }
 }
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
-        let mut state = self.core.lock();
-        state.pending.remove(&self.id);
-        state.spans.remove(&self.id);
+        self.core.lock().forget(self.id);
     }
 }
 
