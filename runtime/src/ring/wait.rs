@@ -28,6 +28,9 @@ use tokio::io::unix::AsyncFd;
 /// this much latency, and is counted.
 pub(crate) const SAFETY_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// Doorbells in a row that found nothing ready before a polled wait yields to other tasks.
+const MAX_EMPTY_RINGS: u32 = 4;
+
 /// Spin rounds before sleeping, each a few `spin_loop` hints: a few microseconds in all.
 const SPIN_ROUNDS: u32 = 64;
 
@@ -241,6 +244,10 @@ impl Waiter {
         sleeping: &AtomicU64,
         ready: impl Fn() -> bool,
     ) -> Poll<io::Result<Woke>> {
+        // Doorbells that found nothing ready: a peer may ring without publishing anything, and
+        // on a multi-thread runtime another worker may mark the socket readable again at once;
+        // after a few, this task yields instead of looping.
+        let mut empty_rings = 0;
         loop {
             self.registered()?;
             sleeping.store(1, Ordering::SeqCst);
@@ -256,9 +263,20 @@ impl Waiter {
                 let (rung, hung_up) = self.drain();
                 let registered = self.registered.as_mut().expect("registered above");
                 registered.rung |= rung;
-                if rung || hung_up {
+                if hung_up && !rung {
                     sleeping.store(0, Ordering::Relaxed);
-                    return Poll::Ready(Ok(if rung || !hung_up { Woke::Look } else { Woke::HungUp }));
+                    return Poll::Ready(Ok(Woke::HungUp));
+                }
+                if rung && ready() {
+                    sleeping.store(0, Ordering::Relaxed);
+                    return Poll::Ready(Ok(Woke::Look));
+                }
+                if rung {
+                    empty_rings += 1;
+                    if empty_rings >= MAX_EMPTY_RINGS {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                 }
                 // Readiness that was already consumed: look again, registering interest anew.
                 continue;

@@ -58,9 +58,10 @@ struct Incoming {
 /// Runs `encode` and returns what it produced with the holds of the handles it serialized, in
 /// the order of their indexes: attach their descriptors to the frame in that order.
 pub(crate) fn collecting_holds<R>(encode: impl FnOnce() -> R) -> (R, Vec<Hold>) {
-    let outer = OUTGOING.replace(Some(Vec::new()));
+    let scope = Restore::Outgoing(OUTGOING.replace(Some(Vec::new())));
     let result = encode();
-    let holds = OUTGOING.replace(outer).unwrap_or_default();
+    let holds = OUTGOING.take().unwrap_or_default();
+    drop(scope);
     (result, holds)
 }
 
@@ -76,21 +77,41 @@ pub(crate) fn receiving<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R,
 /// sender attaches exactly the descriptors its handles name: more is a broken peer).
 pub(crate) fn receiving_counted<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R, usize, usize) {
     if fds.is_empty() {
-        let outer = BARE.replace(true);
-        let result = decode();
-        BARE.set(outer);
-        return (result, 0, 0);
+        let _scope = Restore::Bare(BARE.replace(true));
+        return (decode(), 0, 0);
     }
     let adopted = fds.iter().map(|_| None).collect();
     let named = vec![false; fds.len()];
     let outer = INCOMING.with(|i| i.replace(Some(Incoming { fds, adopted, named, count: 0 })));
-    let bare = BARE.replace(false);
+    let scope = Restore::Incoming { outer, bare: BARE.replace(false) };
     let result = decode();
-    BARE.set(bare);
-    let incoming = INCOMING.with(|i| i.replace(outer));
+    let incoming = INCOMING.with(|i| i.borrow_mut().take());
+    drop(scope);
     let opened = incoming.as_ref().map_or(0, |i| i.count);
     let unnamed = incoming.map_or(0, |i| i.named.iter().filter(|named| !**named).count());
     (result, opened, unnamed)
+}
+
+/// Puts back what an encode or a decode found in this thread's contexts when it ends, also
+/// when a user's `Serialize` or `Deserialize` panics through it: a context left behind would
+/// let a handle met later outside any message take descriptors that are not its own.
+enum Restore {
+    Outgoing(Option<Vec<Hold>>),
+    Bare(bool),
+    Incoming { outer: Option<Incoming>, bare: bool },
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        match self {
+            Restore::Outgoing(outer) => OUTGOING.set(outer.take()),
+            Restore::Bare(outer) => BARE.set(*outer),
+            Restore::Incoming { outer, bare } => {
+                INCOMING.with(|i| *i.borrow_mut() = outer.take());
+                BARE.set(*bare);
+            }
+        }
+    }
 }
 
 /// Called by a handle's `Serialize`: keeps `segment` alive with the sender and returns the index
@@ -153,4 +174,26 @@ pub(crate) fn open(index: u32, len: usize, writable: bool) -> Result<Arc<Segment
         incoming.count += 1;
         Ok(segment)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_a_decode_or_an_encode_leaves_no_context_behind() {
+        let (a, _b) = crate::sys::socket::stream_pair().unwrap();
+        for fds in [Vec::new(), vec![a]] {
+            let panicked =
+                std::panic::catch_unwind(|| receiving_counted(fds, || panic!("a user's Deserialize")));
+            assert!(panicked.is_err());
+            assert!(!BARE.get());
+            assert!(INCOMING.with(|i| i.borrow().is_none()));
+            assert!(matches!(open_fd(0), Err(SegmentError::OutsideMessage)));
+        }
+        let panicked = std::panic::catch_unwind(|| collecting_holds(|| panic!("a user's Serialize")));
+        assert!(panicked.is_err());
+        let held: Hold = Arc::new(crate::sys::socket::stream_pair().unwrap().0);
+        assert!(matches!(hold_any(held), Err(SegmentError::OutsideMessage)));
+    }
 }
