@@ -52,7 +52,8 @@ use std::time::{Duration, Instant};
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaneConfig {
-    /// Frames that can wait in each direction. Default: 64.
+    /// Frames that can wait in each direction, rounded up to a power of two (2 to 65,536).
+    /// Default: 64.
     pub slots: usize,
     /// The largest frame (header and body, encoded) that travels in a slot; larger ones take
     /// the socket, in order. Default: 4032 bytes (a slot and its header in one 4 KiB page).
