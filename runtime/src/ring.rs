@@ -52,6 +52,7 @@
 mod ends;
 mod index_queue;
 mod layout;
+mod sides;
 pub(crate) mod spsc;
 mod wait;
 

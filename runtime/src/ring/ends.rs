@@ -2,6 +2,7 @@
 
 use super::index_queue::{Corrupt, IndexQueue};
 use super::layout::{self as at, Geometry, GeometryError};
+use super::sides::{self, Role, Sides};
 use super::wait::{self, Waiter, Woke};
 use crate::shm::{transfer, Segment, SegmentError};
 use crate::sys::ring_memory::RingMemory;
@@ -144,13 +145,6 @@ impl Core {
         Ok(())
     }
 
-    /// Writes this process as the holder of the end on `line`.
-    fn claim_line(&self, line: usize) {
-        let (pid, start) = this_process();
-        self.side(line, at::S_PID).store(u64::from(pid), Ordering::Relaxed);
-        self.side(line, at::S_START).store(start, Ordering::Release);
-    }
-
     fn create(geometry: Geometry, policy: WhenFull) -> Result<Core, CreateRingError> {
         let segment = Segment::create(geometry.segment_len())?;
         let memory = RingMemory::new(segment).expect("a created segment is writable");
@@ -169,8 +163,9 @@ impl Core {
         for (word, value) in words {
             core.word(word).store(value, Ordering::Relaxed);
         }
-        core.claim_line(at::PRODUCER);
-        core.claim_line(at::CONSUMER);
+        for role in [Role::Producer, Role::Consumer] {
+            Sides { memory: &core.memory, role }.claim();
+        }
         core.word(at::W_MAGIC).store(at::MAGIC, Ordering::Release);
         Ok(core)
     }
@@ -211,18 +206,6 @@ fn policy_word(policy: WhenFull) -> u64 {
         WhenFull::Block => 0,
         WhenFull::OverwriteOldest => 1,
     }
-}
-
-/// This process's pid and start time (clock ticks after boot, field 22 of `/proc/PID/stat`):
-/// together they name a process for good, where a pid alone may be reused.
-pub(super) fn this_process() -> (u32, u64) {
-    let start = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
-        })
-        .unwrap_or(0);
-    (std::process::id(), start)
 }
 
 /// Makes a ring of `slots` slots of `slot_size` bytes each and returns its two ends.
@@ -269,35 +252,6 @@ const NONE: u64 = u64::MAX;
 /// How often a producer that never has to wait looks whether its consumer is gone.
 const LIVENESS_EVERY: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Producer,
-    Consumer,
-}
-
-impl Role {
-    fn line(self) -> usize {
-        match self {
-            Role::Producer => at::PRODUCER,
-            Role::Consumer => at::CONSUMER,
-        }
-    }
-
-    fn peer(self) -> Role {
-        match self {
-            Role::Producer => Role::Consumer,
-            Role::Consumer => Role::Producer,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Role::Producer => "producer",
-            Role::Consumer => "consumer",
-        }
-    }
-}
-
 /// What both ends have: the ring, how to wait, and whether the end moved to another process.
 #[derive(Debug)]
 struct End {
@@ -313,46 +267,29 @@ impl End {
         End { core, waiter, role, moved: AtomicBool::new(false) }
     }
 
+    fn sides(&self) -> Sides<'_> {
+        Sides { memory: &self.core.memory, role: self.role }
+    }
+
     fn sleeping(&self) -> &AtomicU64 {
-        self.core.side(self.role.line(), at::S_SLEEPING)
+        self.sides().own(at::S_SLEEPING)
     }
 
     fn peer_closed(&self) -> bool {
-        self.core.side(self.role.peer().line(), at::S_CLOSED).load(Ordering::SeqCst) != 0
+        self.sides().peer_closed()
     }
 
-    /// The words the peer writes about itself hold what a correct peer writes (0 or 1).
     fn check_peer(&self) -> Result<(), Corrupt> {
-        let line = self.role.peer().line();
-        for (word, name) in [(at::S_CLOSED, "closed flag"), (at::S_SLEEPING, "sleeping flag")] {
-            if self.core.side(line, word).load(Ordering::Relaxed) > 1 {
-                return Err(Corrupt(name));
-            }
-        }
-        Ok(())
+        self.sides().check_peer()
     }
 
-    /// The error for a peer that is no longer there.
     fn peer_error(&self) -> RingError {
-        let peer = self.role.peer();
-        match self.peer_closed() {
-            true => RingError::Closed { peer: peer.name() },
-            false => {
-                let pid = self.core.side(peer.line(), at::S_PID).load(Ordering::Relaxed) as u32;
-                RingError::PeerGone { peer: peer.name(), pid }
-            }
-        }
+        self.sides().peer_error()
     }
 
     fn stats(&self) -> RingStats {
-        let counts = &self.waiter.counts;
-        RingStats {
-            sleeps: counts.sleeps.load(Ordering::Relaxed),
-            safety_timeouts: counts.safety_timeouts.load(Ordering::Relaxed),
-            lost_wakeups: counts.lost_wakeups.load(Ordering::Relaxed),
-            overwritten: self.core.word(at::W_OVERWRITTEN).load(Ordering::Relaxed),
-            committed: self.core.word(at::W_COMMITS).load(Ordering::Relaxed),
-        }
+        let word = |w: usize| self.core.word(w).load(Ordering::Relaxed);
+        sides::stats(&self.waiter.counts, word(at::W_OVERWRITTEN), word(at::W_COMMITS))
     }
 
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -390,7 +327,7 @@ impl End {
             return Err("a ring end's socket is not a unix stream socket".into());
         }
         let core = Core::adopt(segment)?;
-        core.claim_line(role.line());
+        Sides { memory: &core.memory, role }.claim();
         Ok(End::new(Arc::new(core), Waiter::new(Arc::new(own)), role))
     }
 }
@@ -400,7 +337,7 @@ impl Drop for End {
         if self.moved.load(Ordering::SeqCst) {
             return;
         }
-        self.core.side(self.role.line(), at::S_CLOSED).store(1, Ordering::SeqCst);
+        self.sides().close();
         wait::ring(&self.waiter.socket);
     }
 }

@@ -30,9 +30,10 @@
 //! that goes backwards or past what was sent, and flags other than 0 or 1 are
 //! [`RingError::Corrupt`].
 
-use super::ends::{this_process, CreateRingError, RingError, RingStats};
+use super::ends::{CreateRingError, RingError, RingStats};
 use super::index_queue::Corrupt;
 use super::layout::{self as at, Geometry};
+use super::sides::{self, Role, Sides};
 use super::wait::{self, Waiter, Woke};
 use crate::shm::Segment;
 use crate::sys::ring_memory::RingMemory;
@@ -135,8 +136,9 @@ impl Core {
         core.word(W_VERSION).store(VERSION, Ordering::Relaxed);
         core.word(W_SLOTS).store(shape.slots, Ordering::Relaxed);
         core.word(W_SLOT_SIZE).store(shape.slot_size as u64, Ordering::Relaxed);
-        claim_line(&core, at::PRODUCER);
-        claim_line(&core, at::CONSUMER);
+        for role in [Role::Producer, Role::Consumer] {
+            Sides { memory: &core.memory, role }.claim();
+        }
         core.word(W_MAGIC).store(MAGIC, Ordering::Release);
         Ok(core)
     }
@@ -168,13 +170,6 @@ impl Core {
     }
 }
 
-/// Writes this process as the holder of the end on `line`.
-fn claim_line(core: &Core, line: usize) {
-    let (pid, start) = this_process();
-    core.word(line + at::S_PID).store(u64::from(pid), Ordering::Relaxed);
-    core.word(line + at::S_START).store(start, Ordering::Release);
-}
-
 /// Makes a ring of at least `slots` slots (the next power of two) of `slot_size` bytes each
 /// and returns its two ends.
 pub(crate) fn channel(slots: usize, slot_size: usize) -> Result<(Producer, Consumer), CreateRingError> {
@@ -186,38 +181,9 @@ pub(crate) fn channel(slots: usize, slot_size: usize) -> Result<(Producer, Consu
         shape: producer_core.shape,
     };
     let (producer_socket, consumer_socket) = socket::stream_pair()?;
-    let producer = Producer::new(End::new(producer_core, producer_socket, Side::Producer));
-    let consumer = Consumer::new(End::new(consumer_core, consumer_socket, Side::Consumer));
+    let producer = Producer::new(End::new(producer_core, producer_socket, Role::Producer));
+    let consumer = Consumer::new(End::new(consumer_core, consumer_socket, Role::Consumer));
     Ok((producer, consumer))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Producer,
-    Consumer,
-}
-
-impl Side {
-    fn line(self) -> usize {
-        match self {
-            Side::Producer => at::PRODUCER,
-            Side::Consumer => at::CONSUMER,
-        }
-    }
-
-    fn peer(self) -> Side {
-        match self {
-            Side::Producer => Side::Consumer,
-            Side::Consumer => Side::Producer,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Side::Producer => "producer",
-            Side::Consumer => "consumer",
-        }
-    }
 }
 
 /// What both ends have: the ring, how to wait, and whether the end went to another process.
@@ -225,64 +191,43 @@ impl Side {
 struct End {
     core: Core,
     waiter: Waiter,
-    side: Side,
+    role: Role,
     /// Exported: dropping this copy does not close the end.
     moved: bool,
 }
 
 impl End {
-    fn new(core: Core, socket: OwnedFd, side: Side) -> End {
-        End { core, waiter: Waiter::new(Arc::new(socket)), side, moved: false }
+    fn new(core: Core, socket: OwnedFd, role: Role) -> End {
+        End { core, waiter: Waiter::new(Arc::new(socket)), role, moved: false }
+    }
+
+    fn sides(&self) -> Sides<'_> {
+        Sides { memory: &self.core.memory, role: self.role }
     }
 
     fn own(&self, word: usize) -> &AtomicU64 {
-        self.core.word(self.side.line() + word)
-    }
-
-    fn peer(&self, word: usize) -> &AtomicU64 {
-        self.core.word(self.side.peer().line() + word)
+        self.sides().own(word)
     }
 
     fn peer_closed(&self) -> bool {
-        self.peer(at::S_CLOSED).load(Ordering::SeqCst) != 0
+        self.sides().peer_closed()
     }
 
     /// Rings the other side's doorbell if it said it sleeps. Call after publishing.
     fn wake_peer(&self) {
-        wait::wake(self.peer(at::S_SLEEPING), &self.waiter.socket);
+        wait::wake(self.sides().peer(at::S_SLEEPING), &self.waiter.socket);
     }
 
-    /// The words the peer writes about itself hold what a correct peer writes (0 or 1).
     fn check_peer(&self) -> Result<(), Corrupt> {
-        for (word, name) in [(at::S_CLOSED, "closed flag"), (at::S_SLEEPING, "sleeping flag")] {
-            if self.peer(word).load(Ordering::Relaxed) > 1 {
-                return Err(Corrupt(name));
-            }
-        }
-        Ok(())
+        self.sides().check_peer()
     }
 
-    /// The error for a peer that is no longer there.
     fn peer_error(&self) -> RingError {
-        let peer = self.side.peer();
-        match self.peer_closed() {
-            true => RingError::Closed { peer: peer.name() },
-            false => RingError::PeerGone {
-                peer: peer.name(),
-                pid: self.peer(at::S_PID).load(Ordering::Relaxed) as u32,
-            },
-        }
+        self.sides().peer_error()
     }
 
     fn stats(&self, frames: u64) -> RingStats {
-        let counts = &self.waiter.counts;
-        RingStats {
-            sleeps: counts.sleeps.load(Ordering::Relaxed),
-            safety_timeouts: counts.safety_timeouts.load(Ordering::Relaxed),
-            lost_wakeups: counts.lost_wakeups.load(Ordering::Relaxed),
-            overwritten: 0,
-            committed: frames,
-        }
+        sides::stats(&self.waiter.counts, 0, frames)
     }
 
     /// Duplicates of what another process needs to take this end up; this copy no longer
@@ -298,16 +243,16 @@ impl End {
     }
 
     /// Takes up an end another process exported, checking its segment and its socket.
-    fn import(exported: &Exported, side: Side) -> Result<End, String> {
+    fn import(exported: &Exported, role: Role) -> Result<End, String> {
         let len = usize::try_from(exported.segment_len).map_err(|_| "a ring's length is out of range")?;
         if !socket::is_stream(exported.socket.as_fd()) {
             return Err("a ring end's socket is not a unix stream socket".into());
         }
         let segment = Segment::adopt(exported.segment.as_fd(), len, true).map_err(|e| e.to_string())?;
         let core = Core::adopt(segment)?;
-        claim_line(&core, side.line());
+        Sides { memory: &core.memory, role }.claim();
         let socket = exported.socket.try_clone().map_err(|e| e.to_string())?;
-        Ok(End::new(core, socket, side))
+        Ok(End::new(core, socket, role))
     }
 }
 
@@ -316,7 +261,7 @@ impl Drop for End {
         if self.moved {
             return;
         }
-        self.own(at::S_CLOSED).store(1, Ordering::SeqCst);
+        self.sides().close();
         wait::ring(&self.waiter.socket);
     }
 }
@@ -416,7 +361,7 @@ impl Producer {
 
     /// Takes up a producing end another process exported (of a ring nothing was sent on yet).
     pub(crate) fn import(exported: &Exported) -> Result<Producer, String> {
-        Ok(Producer::new(End::import(exported, Side::Producer)?))
+        Ok(Producer::new(End::import(exported, Role::Producer)?))
     }
 
     /// The consumer is still there and its flags are sane.
@@ -476,7 +421,7 @@ impl Consumer {
 
     /// Takes up a consuming end another process exported (of a ring nothing was sent on yet).
     pub(crate) fn import(exported: &Exported) -> Result<Consumer, String> {
-        Ok(Consumer::new(End::import(exported, Side::Consumer)?))
+        Ok(Consumer::new(End::import(exported, Role::Consumer)?))
     }
 
     /// Hands this end to another process outside a message.

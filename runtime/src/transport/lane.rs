@@ -79,7 +79,7 @@ pub struct LaneStats {
     /// Slots this side committed to the other (frames, and markers of frames sent on the
     /// socket).
     pub sent: u64,
-    /// Slots the other side committed to this one.
+    /// Slots this side took from the other's ring (frames, and markers).
     pub received: u64,
     /// Times this side's reader slept (a spin, if any, found nothing).
     pub sleeps: u64,
